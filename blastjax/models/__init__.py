@@ -1,0 +1,17 @@
+"""Flax model zoo. `create(name, num_classes=2, **kw)` and `list_models()`.
+
+Every module in this package registers its models on import (see `registry.py`);
+the modules are discovered here so that adding a model file is enough to register it.
+Importing this package needs only jax, flax and numpy.
+"""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+from blastjax.models.registry import ModelSpec, create, get_spec, list_models, register
+
+for _module in _pkgutil.iter_modules(__path__):
+  if _module.name != "registry" and not _module.name.startswith("_"):
+    _importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["ModelSpec", "create", "get_spec", "list_models", "register"]
