@@ -1,0 +1,1 @@
+"""Helpers for verifying ports against references (golden fixtures). Pure numpy."""
