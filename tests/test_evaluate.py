@@ -1,0 +1,124 @@
+"""Metrics, early-prediction curve, fold aggregation and the files of an evaluation."""
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from blastjax import evaluate
+
+
+def _pairwise_auc(labels, probs):
+  pos = probs[labels == 1]
+  neg = probs[labels == 0]
+  wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+  return wins / (pos.size * neg.size)
+
+
+def test_auc_matches_pairwise_definition_with_ties():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 200)
+  probs = np.round(rng.random(200) * 0.5 + 0.3 * labels, 1)  # many ties
+  assert evaluate.roc_auc(labels, probs) == pytest.approx(_pairwise_auc(labels, probs), abs=1e-12)
+
+
+def test_auc_is_nan_with_one_class_and_one_when_perfect():
+  assert math.isnan(evaluate.roc_auc([1, 1, 1], [0.2, 0.4, 0.9]))
+  assert evaluate.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+
+
+def test_classification_metrics_on_a_known_confusion_matrix():
+  labels = [1, 1, 1, 0, 0, 0, 0, 1]
+  probs = [0.9, 0.8, 0.3, 0.2, 0.6, 0.1, 0.4, 0.7]
+  m = evaluate.classification_metrics(labels, probs)
+  # tp=3 (0.9, 0.8, 0.7), fn=1 (0.3), tn=3, fp=1 (0.6)
+  assert m["confusion_matrix"] == [[3, 1], [1, 3]]
+  assert m["accuracy"] == pytest.approx(6 / 8)
+  assert m["sensitivity"] == pytest.approx(3 / 4)
+  assert m["specificity"] == pytest.approx(3 / 4)
+  assert m["balanced_accuracy"] == pytest.approx(3 / 4)
+  assert m["precision_macro"] == pytest.approx(3 / 4)
+  assert m["f1_macro"] == pytest.approx(3 / 4)
+  assert m["auc"] == pytest.approx(_pairwise_auc(np.array(labels), np.array(probs)))
+
+
+def test_bad_inputs_are_named():
+  with pytest.raises(ValueError, match="differ in length"):
+    evaluate.classification_metrics([0, 1], [0.5])
+  with pytest.raises(ValueError, match="must be 0"):
+    evaluate.classification_metrics([0, 2], [0.5, 0.5])
+  with pytest.raises(ValueError, match="NaN"):
+    evaluate.classification_metrics([0, 1], [0.5, float("nan")])
+
+
+def test_roc_curve_ends_at_corners_and_is_monotone():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 50)
+  fpr, tpr, _ = evaluate.roc_curve(labels, rng.random(50))
+  assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+  assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+
+
+def test_roc_curve_area_equals_auc():
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 2, 80)
+  probs = np.round(rng.random(80), 2)
+  fpr, tpr, _ = evaluate.roc_curve(labels, probs)
+  assert np.trapezoid(tpr, fpr) == pytest.approx(evaluate.roc_auc(labels, probs), abs=1e-12)
+
+
+def test_early_prediction_curve_and_area():
+  labels = np.array([0, 0, 1, 1])
+  by_hours = {24: [0.6, 0.4, 0.4, 0.6], 48: [0.4, 0.4, 0.6, 0.6], 72.0: [0.1, 0.2, 0.9, 0.8]}
+  early = evaluate.early_prediction(labels, by_hours)
+  assert early["hours"] == [24.0, 48.0, 72.0]
+  assert early["accuracy"] == [0.5, 1.0, 1.0]
+  # trapezoid: (0.5+1)/2*24 + 1*24 = 42 over 48 hours
+  assert early["area_under_accuracy_curve"] == pytest.approx(42 / 48)
+
+
+def test_average_by_example_groups_windows():
+  idx, mean = evaluate.average_by_example([3, 1, 3, 1, 3], [0.2, 0.5, 0.4, 0.7, 0.6])
+  np.testing.assert_array_equal(idx, [1, 3])
+  np.testing.assert_allclose(mean, [0.6, 0.4])
+
+
+def test_aggregate_folds_mean_std():
+  folds = [{"accuracy": 0.7, "auc": 0.8, "confusion_matrix": [[1, 0], [0, 1]]},
+           {"accuracy": 0.9, "auc": 0.6, "confusion_matrix": [[1, 0], [0, 1]]}]
+  agg = evaluate.aggregate_folds(folds)
+  assert set(agg) == {"accuracy", "auc"}
+  assert agg["accuracy"]["mean"] == pytest.approx(0.8)
+  assert agg["accuracy"]["std"] == pytest.approx(np.std([0.7, 0.9], ddof=1))
+  assert "±" in evaluate.format_metrics(agg)
+
+
+def test_write_evaluation_files(tmp_path):
+  labels = [0, 1, 0, 1]
+  probs = [0.2, 0.9, 0.6, 0.7]
+  rows = [{"embryo_id": f"e{i}", "patient_id": "p0", "label": l, "prob_blast": p}
+          for i, (l, p) in enumerate(zip(labels, probs))]
+  metrics = evaluate.classification_metrics(labels, probs)
+  early = evaluate.early_prediction(labels, {24: probs, 48: probs})
+  paths = evaluate.write_evaluation(str(tmp_path), metrics, rows, early)
+  for path in paths.values():
+    assert os.path.getsize(path) > 0
+  with open(paths["metrics"]) as f:
+    saved = json.load(f)
+  assert saved["accuracy"] == metrics["accuracy"]
+  assert saved["early_prediction"]["hours"] == [24.0, 48.0]
+  with open(paths["predictions"]) as f:
+    read = list(csv.DictReader(f))
+  assert [r["embryo_id"] for r in read] == ["e0", "e1", "e2", "e3"]
+  with open(paths["roc"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_json_turns_nan_into_null(tmp_path):
+  path = str(tmp_path / "m.json")
+  evaluate.write_json(path, {"auc": float("nan"), "nested": [float("inf"), 1.0]})
+  with open(path) as f:
+    assert json.load(f) == {"auc": None, "nested": [None, 1.0]}
