@@ -1,0 +1,264 @@
+"""Building and reading the embryo_timelapse TFDS dataset.
+
+`ensure_built` builds a config once (the synthetic default needs no input), and
+`load_source` returns a random-access, picklable source of examples in the format the
+pipeline reads:
+
+    embryo_id str, patient_id str, label int (0 non_blast, 1 blast),
+    frames  object [T, P]  encoded image bytes, frame-major, every plane of every frame,
+    hours   float32 [T]    strictly increasing, hours since insemination,
+    focal_planes int32 [P] plane offsets (0 = central), events {name: frame index},
+    source str, split str ('' unless the layout fixes one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from typing import Optional
+
+import numpy as np
+
+DATASET_NAME = "embryo_timelapse"
+# The one TFDS split, holding every embryo ("all" is reserved by TFDS); train/test
+# splits are computed by blastjax.data.splits so that protocols can vary by seed.
+SPLIT = "full"
+CLASS_NAMES = ("non_blast", "blast")
+_SHORT = {"num_embryos": "n", "num_patients": "p", "image_size": "px", "interval_minutes": "min",
+          "horizon_hours": "h", "simulator_seed": "seed", "resize": "resize", "image_format": "fmt"}
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def builder_config(config: str = "synthetic", **options):
+  """The builder config `config` with `options` changed; its name encodes the changes,
+  so differently-built variants never share a directory."""
+  from tfds_builders.embryo_timelapse import embryo_timelapse as et
+
+  base = {c.name: c for c in et.BUILDER_CONFIGS}.get(config)
+  if base is None:
+    raise ValueError(f"dataset config {config!r} unknown; choose from {[c.name for c in et.BUILDER_CONFIGS]}")
+  fields = {f.name for f in dataclasses.fields(et.EmbryoTimelapseConfig)}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise ValueError(f"unknown dataset option(s) {unknown}; known: {sorted(_SHORT) + ['skip_invalid']}")
+  changed = {k: v for k, v in options.items() if getattr(base, k) != v}
+  if not changed:
+    return base
+  suffix = "_".join(f"{_SHORT.get(k, k)}{v}" for k, v in sorted(changed.items()))
+  name = re.sub(r"[^\w.\-]", "-", f"{config}_{suffix}")
+  return dataclasses.replace(base, name=name, **changed)
+
+
+def get_builder(config: str = "synthetic", data_dir: Optional[str] = None, skip_invalid: bool = False,
+                **options):
+  """The TFDS builder of `config` with builder `options` (see builder_config).
+
+  skip_invalid only matters when building: it shares the directory of the strict build.
+  """
+  from tfds_builders.embryo_timelapse import embryo_timelapse as et
+
+  return et.EmbryoTimelapse(config=builder_config(config, **options), data_dir=data_dir or default_data_dir(),
+                            file_format="array_record", skip_invalid=skip_invalid)
+
+
+def build(config: str = "synthetic", data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+          overwrite: bool = False, verbose: bool = True, **options):
+  """Builds the dataset `config` (with builder `options`); returns (builder, summary text).
+
+  Safe for earlier builds: TFDS writes into a temporary directory renamed only when
+  complete, and `overwrite` builds the new version beside the old one (in
+  `<data_dir>/.rebuild`) and swaps them only after it succeeded.
+  Raises layouts.InvalidEmbryo / layouts.LayoutError for bad input (see layouts.py).
+  """
+  import tensorflow_datasets as tfds
+
+  data_dir = data_dir or default_data_dir()
+  builder = get_builder(config, data_dir, **options)
+  if builder.is_prepared() and not overwrite:
+    text = summary(builder, _report_path(builder))
+    if verbose:
+      print(f"Already built in {builder.data_dir} (--overwrite to rebuild)\n{text}", flush=True)
+    return builder, text
+  if builder.builder_config.layout != "synthetic":
+    if not manual_dir:
+      raise ValueError(f"dataset config {config!r} reads files from disk: pass manual_dir "
+                       "(the folder holding the data; see docs/data.md)")
+    if not os.path.isdir(manual_dir):
+      raise ValueError(f"manual_dir {manual_dir!r} is not a directory")
+  target = builder
+  if builder.is_prepared():
+    scratch = os.path.join(data_dir, ".rebuild")
+    shutil.rmtree(scratch, ignore_errors=True)
+    builder = get_builder(config, scratch, **options)
+  if verbose:
+    print(f"Building {DATASET_NAME}/{builder.builder_config.name} into {target.data_dir} ...", flush=True)
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  builder.download_and_prepare(download_config=download_config)
+  builder.write_report()
+  if builder is not target:
+    backup = target.data_dir + ".old"
+    shutil.rmtree(backup, ignore_errors=True)
+    os.rename(target.data_dir, backup)
+    os.rename(builder.data_dir, target.data_dir)
+    shutil.rmtree(backup)
+    shutil.rmtree(os.path.join(data_dir, ".rebuild"), ignore_errors=True)
+    builder = get_builder(config, data_dir, **options)
+  text = summary(builder, _report_path(builder))
+  if verbose:
+    print(text, flush=True)
+  return builder, text
+
+
+def ensure_built(config: str = "synthetic", data_dir: Optional[str] = None,
+                 manual_dir: Optional[str] = None, verbose: bool = True, **options) -> str:
+  """Builds the dataset unless a complete build is already in `data_dir`; returns data_dir.
+
+  `options` are builder options (e.g. num_embryos, num_patients, image_size,
+  interval_minutes, horizon_hours, simulator_seed, resize, skip_invalid); pass the same
+  ones to load_source. A failed build leaves earlier complete builds untouched.
+  """
+  data_dir = data_dir or default_data_dir()
+  build(config, data_dir, manual_dir=manual_dir, verbose=verbose, **options)
+  return data_dir
+
+
+def _report_path(builder) -> str:
+  from tfds_builders.embryo_timelapse import embryo_timelapse as et
+
+  return os.path.join(builder.data_dir, et.REPORT_FILE)
+
+
+def summary(builder, report_path: Optional[str] = None) -> str:
+  """Embryos per class, patients, frames, skipped embryos and adaptations of a build
+  (read from its build_report.json)."""
+  import json
+
+  name = f"{DATASET_NAME}/{builder.builder_config.name}"
+  if not report_path or not os.path.exists(report_path):
+    return f"{name}: {builder.info.splits[SPLIT].num_examples} embryos (no build report found)"
+  with open(report_path) as f:
+    r = json.load(f)
+  lines = [f"{name}: {r['embryos']} embryos ({r['blast']} blast, {r['non_blast']} non_blast), "
+           f"{r['patients']} patients, {r['time_points']} time points, {r['images']} frame images",
+           f"skipped embryos: {len(r['skipped'])}"
+           + "".join(f"\n  - {s['embryo_id']}: {s['path']}: {s['problem']}" for s in r["skipped"]),
+           "adaptations: " + (", ".join(f"{k}={v}" for k, v in sorted(r["adaptations"].items())) or "none"),
+           f"report: {report_path}"]
+  return "\n".join(lines)
+
+
+def _text(value) -> str:
+  return value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+class EmbryoSource:
+  """Random access to examples in the pipeline's format (see the module docstring).
+
+  Picklable (grain worker processes reopen the array_record files). `indices` restricts
+  it to a subset, in the given order.
+  """
+
+  def __init__(self, data_source, indices=None, name: str = DATASET_NAME):
+    self._source = data_source
+    self._indices = None if indices is None else np.asarray(indices, np.int64)
+    self.name = name
+    self._metadata = None
+
+  def __len__(self) -> int:
+    return len(self._source) if self._indices is None else int(self._indices.size)
+
+  def __repr__(self) -> str:
+    return f"EmbryoSource({self.name}, {len(self)} embryos)"
+
+  def _index(self, index: int) -> int:
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} embryos")
+    index = index % len(self)
+    return index if self._indices is None else int(self._indices[index])
+
+  def raw(self, index: int) -> dict:
+    """The stored example with ids as text, frames still flat (frame-major)."""
+    example = dict(self._source[self._index(index)])
+    for key in ("embryo_id", "patient_id", "source", "split"):
+      example[key] = _text(example.get(key, ""))
+    return example
+
+  def __getitem__(self, index: int) -> dict:
+    example = self.raw(index)
+    planes = int(example.pop("num_focal_planes"))
+    example["frames"] = np.asarray(example["frames"], dtype=object).reshape(-1, planes)
+    names = [_text(n) for n in example.pop("event_names")]
+    example["events"] = dict(zip(names, map(int, example.pop("event_frames"))))
+    example["label"] = int(example["label"])
+    example["hours"] = np.asarray(example["hours"], np.float32)
+    example["focal_planes"] = np.asarray(example["focal_planes"], np.int32)
+    return example
+
+  def subset(self, indices, name: Optional[str] = None) -> "EmbryoSource":
+    """The examples `indices` (positions in this source) as a new source."""
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    base = np.arange(len(self._source)) if self._indices is None else self._indices
+    return EmbryoSource(self._source, base[indices], name or self.name)
+
+  def metadata(self) -> dict:
+    """Per-example labels, patient_ids, embryo_ids, splits (arrays in source order), and
+    class_names, focal_planes, num_focal_planes and image_size (height, width) of the
+    first example. Computed once (it reads every example)."""
+    if self._metadata is None:
+      from PIL import Image
+      import io
+
+      rows = [self.raw(i) for i in range(len(self))]
+      first = rows[0] if rows else None
+      size = None
+      if first is not None and len(first["frames"]):
+        with Image.open(io.BytesIO(first["frames"][0])) as image:
+          size = (image.size[1], image.size[0])
+      self._metadata = {
+          "labels": np.asarray([int(r["label"]) for r in rows], np.int64),
+          "patient_ids": np.asarray([r["patient_id"] for r in rows], dtype=object),
+          "embryo_ids": np.asarray([r["embryo_id"] for r in rows], dtype=object),
+          "splits": np.asarray([r["split"] for r in rows], dtype=object),
+          "class_names": CLASS_NAMES,
+          "focal_planes": None if first is None else np.asarray(first["focal_planes"], np.int32),
+          "num_focal_planes": 0 if first is None else int(first["num_focal_planes"]),
+          "image_size": size,
+      }
+    return self._metadata
+
+
+def load_source(config: str = "synthetic", split: str = "all", data_dir: Optional[str] = None,
+                split_seed: int = 0, **options) -> EmbryoSource:
+  """The built dataset `config` as an EmbryoSource; a clear error if it is not built.
+
+  split: 'all' (every embryo), or a split name. When the layout fixes splits (the
+  folder layout's `split` column) a name selects those embryos; otherwise 'train' and
+  'test' are the paper's class-balanced half/half split (splits.paper_split, by
+  `split_seed`).
+  """
+  builder = get_builder(config, data_dir, **options)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"dataset {DATASET_NAME}/{builder.builder_config.name} is not built in {builder.data_dir}: "
+        f"run `python -m blastjax.data.build --config {config} --data_dir {data_dir or default_data_dir()}` "
+        "(add --manual_dir for folder/gomez2022), or call blastjax.data.dataset.ensure_built")
+  source = EmbryoSource(builder.as_data_source()[SPLIT], name=f"{DATASET_NAME}/{builder.builder_config.name}")
+  if split in ("all", SPLIT):
+    return source
+  meta = source.metadata()
+  fixed = sorted({s for s in meta["splits"] if s})
+  if fixed:
+    if split not in fixed:
+      raise ValueError(f"split {split!r} not in the dataset's split column; available: {['all'] + fixed}")
+    return source.subset(np.flatnonzero(meta["splits"] == split), f"{source.name}[{split}]")
+  if split not in ("train", "test"):
+    raise ValueError(f"split {split!r} unknown; use 'all', 'train' or 'test' (paper split by split_seed)")
+  from blastjax.data import splits
+
+  train, test = splits.paper_split(meta["labels"], split_seed)
+  return source.subset(train if split == "train" else test, f"{source.name}[{split}]")

@@ -1,0 +1,1 @@
+"""TFDS dataset builders of blastjax (importing one registers it with TFDS)."""
