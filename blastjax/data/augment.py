@@ -1,0 +1,184 @@
+"""Decoding and augmentation of embryo frames, on the host with PIL and numpy.
+
+One random draw per sequence (`draw`), applied identically to every frame and focal
+plane of that sequence (`render`), so the model sees a consistent video.
+
+Spatial crops (Hara et al., "good practice" for 3D CNNs), a square of side
+`scale * short side` of the frame:
+  center      the centred square at `center_scale` (evaluation, and augment=False).
+  random      random position at `random_scale` (Hara's "spatial random": scale 1).
+  multiscale  random position, scale drawn from `scales` (1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2).
+  corner      one of the 4 corners or the centre, scale drawn from `scales`.
+Then rotation (uniform in +-rotation_degrees; embryos have no preferred orientation,
+corners filled with the frame's mean), horizontal flip, brightness and contrast
+jitter (torchvision ColorJitter: brightness multiplies, contrast blends with the frame
+mean; factors uniform in [1-b, 1+b]).
+
+Decoding: grayscale; 16-bit frames are scaled to [0, 1] by 65535; RGB frames are
+converted to gray with PIL's ITU-R 601-2 luma transform (embryos are transparent and
+imaged in gray; colour is an artefact of the export). JPEGs that lack their end marker
+(cut-off EmbryoScope exports) get one appended, which is what PIL's global
+LOAD_TRUNCATED_IMAGES does, but only for our decode. JPEG frames are decoded at a reduced
+size with PIL's draft mode (DCT scaling) when the crop allows it, which is the main speed-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+CROPS = ("center", "random", "multiscale", "corner")
+HARA_SCALES = (1.0, 2 ** -0.25, 2 ** -0.5, 2 ** -0.75, 0.5)
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Augmentation settings; the defaults follow the paper (colour jitter, random crop,
+  rotation, horizontal flip) with Hara's multi-scale crop scales available."""
+
+  crop: str = "random"                 # one of CROPS, used when augmenting
+  random_scale: float = 0.875          # crop side / short side for crop='random'
+  scales: tuple = HARA_SCALES          # crop scales for 'multiscale' and 'corner'
+  center_scale: float = 1.0            # crop side / short side without augmentation
+  rotation_degrees: float = 180.0      # rotation uniform in [-r, r]; 0 disables
+  hflip_prob: float = 0.5
+  vflip_prob: float = 0.0
+  brightness: float = 0.2              # factor uniform in [1-b, 1+b]
+  contrast: float = 0.2                # factor uniform in [1-c, 1+c]
+
+  def __post_init__(self):
+    if self.crop not in CROPS:
+      raise ValueError(f"augment_config.crop={self.crop!r} unknown; choose from {CROPS}")
+    for name in ("random_scale", "center_scale"):
+      if not 0 < getattr(self, name) <= 1:
+        raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in (0, 1]")
+    if not self.scales or any(not 0 < s <= 1 for s in self.scales):
+      raise ValueError(f"augment_config.scales={self.scales}: need values in (0, 1]")
+    for name in ("hflip_prob", "vflip_prob"):
+      if not 0 <= getattr(self, name) <= 1:
+        raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in [0, 1]")
+    for name in ("brightness", "contrast"):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in [0, 1)")
+
+
+def as_config(config) -> AugmentConfig:
+  """AugmentConfig from None (defaults), a dict / ml_collections ConfigDict, or itself."""
+  if config is None:
+    return AugmentConfig()
+  if isinstance(config, AugmentConfig):
+    return config
+  values = dict(config.items()) if hasattr(config, "items") else dict(config)
+  known = {f.name for f in dataclasses.fields(AugmentConfig)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"augment_config has unknown field(s) {unknown}; known: {sorted(known)}")
+  if "scales" in values:
+    values["scales"] = tuple(float(s) for s in values["scales"])
+  return AugmentConfig(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+  """One sequence's draw. The crop is relative: (left, top, side) as fractions of the
+  short side, so frames of any size (and JPEG drafts) share it."""
+
+  scale: float = 1.0
+  offset: tuple = (0.5, 0.5)   # crop position in [0, 1] of the free room (x, y)
+  angle: float = 0.0
+  hflip: bool = False
+  vflip: bool = False
+  brightness: float = 1.0
+  contrast: float = 1.0
+
+
+def draw(rng: Optional[np.random.Generator], config: AugmentConfig) -> Params:
+  """The augmentation of one sequence; `rng` None gives the evaluation view."""
+  if rng is None:
+    return Params(scale=config.center_scale)
+  if config.crop == "center":
+    scale, offset = config.center_scale, (0.5, 0.5)
+  elif config.crop == "random":
+    scale, offset = config.random_scale, (float(rng.random()), float(rng.random()))
+  else:
+    scale = float(config.scales[int(rng.integers(len(config.scales)))])
+    if config.crop == "multiscale":
+      offset = (float(rng.random()), float(rng.random()))
+    else:
+      offset = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)][int(rng.integers(5))]
+  angle = float(rng.uniform(-config.rotation_degrees, config.rotation_degrees))
+  return Params(scale=scale, offset=offset, angle=angle,
+                hflip=bool(rng.random() < config.hflip_prob),
+                vflip=bool(rng.random() < config.vflip_prob),
+                brightness=float(rng.uniform(1 - config.brightness, 1 + config.brightness)),
+                contrast=float(rng.uniform(1 - config.contrast, 1 + config.contrast)))
+
+
+def crop_box(width: int, height: int, params: Params) -> tuple:
+  """The crop (left, top, right, bottom) in pixels of a width x height frame."""
+  side = params.scale * min(width, height)
+  left = params.offset[0] * (width - side)
+  top = params.offset[1] * (height - side)
+  return (left, top, left + side, top + side)
+
+
+def decode(data: bytes, params: Params, image_size: int) -> Image.Image:
+  """The frame as a loaded PIL image; a JPEG is drafted (decoded at 1/2, 1/4 or 1/8
+  size by DCT scaling) as far as the crop of `params` still yields `image_size` pixels."""
+  if data[:2] == _JPEG_START and not data.rstrip(b"\x00").endswith(_JPEG_END):
+    data = data + _JPEG_END
+  image = Image.open(io.BytesIO(data))
+  if image.format == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
+    width, height = image.size
+    factor = image_size / (params.scale * min(width, height))
+    image.draft("L", (max(1, math.ceil(width * factor)), max(1, math.ceil(height * factor))))
+  image.load()
+  return image
+
+
+def _to_gray(image: Image.Image) -> tuple:
+  """(gray image in mode 'L' or 'F', the value of white)."""
+  if image.mode == "L":
+    return image, 255.0
+  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    return image.convert("I").convert("F"), 65535.0
+  if image.mode == "I":
+    return image.convert("F"), 65535.0
+  if image.mode == "F":
+    return image, 1.0
+  if image.mode == "1":
+    return image.convert("L"), 255.0
+  return image.convert("L"), 255.0   # RGB, RGBA, P, LA, CMYK, YCbCr: ITU-R 601-2 luma
+
+
+def render(data: bytes, params: Params, image_size: int) -> np.ndarray:
+  """Decodes one encoded frame and applies `params`: float32 [image_size, image_size] in [0, 1]."""
+  image, white = _to_gray(decode(data, params, image_size))
+  box = crop_box(image.width, image.height, params)
+  image = image.resize((image_size, image_size), Image.BILINEAR, box=box, reducing_gap=3.0)
+  if params.angle:
+    fill = float(np.asarray(image, np.float32).mean())
+    image = image.rotate(params.angle, Image.BILINEAR, fillcolor=fill if image.mode == "F" else int(round(fill)))
+  array = np.asarray(image, np.float32) * np.float32(1.0 / white)
+  if params.hflip:
+    array = array[:, ::-1]
+  if params.vflip:
+    array = array[::-1, :]
+  return photometric(array, params)
+
+
+def photometric(array: np.ndarray, params: Params) -> np.ndarray:
+  """Brightness then contrast (torchvision ColorJitter semantics), clipped to [0, 1]."""
+  if params.brightness == 1.0 and params.contrast == 1.0:
+    return np.ascontiguousarray(array)
+  array = array * np.float32(params.brightness)
+  if params.contrast != 1.0:
+    mean = np.float32(np.clip(array, 0, 1).mean())
+    array = (array - mean) * np.float32(params.contrast) + mean
+  return np.clip(array, 0.0, 1.0)
