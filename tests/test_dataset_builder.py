@@ -68,14 +68,13 @@ def test_train_test_splits_and_errors(synthetic_dir):
 
 
 def test_plain_tfds_reads_it_in_a_process_without_blastjax(synthetic_dir):
-  version_dir = os.path.join(synthetic_dir, "embryo_timelapse", dataset.builder_config("synthetic", **TINY).name,
-                             "1.0.0")
+  name = f"embryo_timelapse/{dataset.builder_config('synthetic', **TINY).name}"
   code = f"""
 import sys, numpy as np, tensorflow_datasets as tfds
-builder = tfds.builder_from_directory({version_dir!r})
-source = builder.as_data_source()["full"]
+source = tfds.data_source({name!r}, split="full", data_dir={synthetic_dir!r})
 example = source[0]
 frames = np.asarray(example["frames"]).reshape(-1, int(example["num_focal_planes"]))
+builder = tfds.builder({name!r}, data_dir={synthetic_dir!r})
 assert "blastjax" not in sys.modules and "tensorflow" not in sys.modules
 print(len(source), frames.shape, builder.info.features["label"].names)
 """

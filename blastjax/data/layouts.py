@@ -81,6 +81,13 @@ class Report:
             "skipped": self.skipped, "adaptations": dict(self.adaptations)}
 
 
+def _as_invalid(error: Exception, embryo_id: str) -> InvalidEmbryo:
+  """An OSError met while reading one embryo (unreadable file or folder) as InvalidEmbryo."""
+  if isinstance(error, InvalidEmbryo):
+    return error
+  return InvalidEmbryo(embryo_id, safe_name(error.filename or "?"), f"cannot read: {error.strerror or error}")
+
+
 def safe_name(name) -> str:
   """A file name as text; undecodable bytes are escaped rather than crashing."""
   if isinstance(name, bytes):
@@ -190,6 +197,8 @@ def _read_csv(path: str) -> list[dict]:
       return list(csv.DictReader(f))
   except UnicodeDecodeError as error:
     raise LayoutError(f"{path}: not UTF-8 text ({error}); save it as UTF-8 CSV") from None
+  except csv.Error as error:
+    raise LayoutError(f"{path}: not a readable CSV file ({error})") from None
 
 
 def _image_files(folder: str) -> list[str]:
@@ -226,6 +235,8 @@ def _plane_folders(embryo_dir: str) -> dict[str, str]:
 def _folder_plane_frames(embryo_dir: str, embryo_id: str, expected_planes) -> dict[int, dict[int, str]]:
   """{plane offset: {frame number: file path}} of one embryo folder."""
   folders = _plane_folders(embryo_dir)
+  if not folders:
+    raise InvalidEmbryo(embryo_id, safe_name(embryo_dir), "no frames (no focal-plane sub-folder F<offset>)")
   for name in sorted(set(expected_planes) - set(folders)):
     raise InvalidEmbryo(embryo_id, os.path.join(embryo_dir, name),
                         f"focal plane folder missing (other embryos have {sorted(expected_planes)})")
@@ -261,7 +272,7 @@ def _folder_hours(embryo_dir: str, embryo_id: str, frames: dict[int, str]) -> di
     for line, row in enumerate(rows, start=2):
       try:
         hours[int(row["frame"])] = float(row["hours"])
-      except (KeyError, TypeError, ValueError):
+      except (KeyError, TypeError, ValueError, OverflowError):
         raise InvalidEmbryo(embryo_id, times_path,
                             f"line {line}: unreadable row {row}; expected columns frame,hours") from None
     return hours
@@ -339,9 +350,10 @@ def read_folder_layout(root: str, report: Report, skip_invalid: bool = False) ->
       hours = _folder_hours(embryo_dir, embryo_id, numbers)
       yield _assemble(embryo_id, (row["patient_id"] or "").strip(), label, planes, hours, "folder", report,
                       embryo_dir, split=(row.get("split") or "").strip())
-    except InvalidEmbryo as error:
+    except (InvalidEmbryo, OSError) as error:
+      error = _as_invalid(error, embryo_id)
       if not skip_invalid:
-        raise
+        raise error from None
       report.skip(error)
 
 
@@ -358,14 +370,18 @@ def _gomez_phases(path: str, embryo_id: str) -> dict[str, int]:
   if not os.path.isfile(path):
     raise InvalidEmbryo(embryo_id, path, "phases file missing (needed for the label)")
   phases = {}
-  with open(path, newline="", encoding="utf-8", errors="replace") as f:
-    for row in csv.reader(f):
-      if len(row) < 2:
-        continue
-      try:
-        phases[row[0].strip()] = int(float(row[1]))
-      except ValueError:
-        raise InvalidEmbryo(embryo_id, path, f"unreadable phase row {row}") from None
+  try:
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+      rows = list(csv.reader(f))
+  except csv.Error as error:
+    raise InvalidEmbryo(embryo_id, path, f"not a readable CSV file ({error})") from None
+  for line, row in enumerate(rows, start=1):
+    if len(row) < 2:
+      continue
+    try:
+      phases[row[0].strip()] = int(float(row[1]))
+    except (ValueError, OverflowError):
+      raise InvalidEmbryo(embryo_id, path, f"line {line}: unreadable phase row {row}") from None
   return phases
 
 
@@ -384,7 +400,7 @@ def _gomez_times(path: str, embryo_id: str) -> dict[int, float]:
       hours = float(row["time"])
       if np.isfinite(hours):
         times[int(float(row["frame_index"]))] = hours
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
       continue  # a row with a missing or unreadable time: the frame is dropped and counted
   return times
 
@@ -435,9 +451,10 @@ def read_gomez2022(root: str, report: Report, skip_invalid: bool = False) -> Ite
   for name in sorted(n for n in os.listdir(central) if os.path.isdir(os.path.join(central, n))):
     try:
       yield _gomez_embryo(root, name, planes_present, report)
-    except InvalidEmbryo as error:
+    except (InvalidEmbryo, OSError) as error:
+      error = _as_invalid(error, safe_name(name))
       if not skip_invalid:
-        raise
+        raise error from None
       report.skip(error)
 
 
