@@ -37,6 +37,9 @@ EVENT_TIMES = (("t2", 26.0, 2.0), ("t3", 37.0, 2.5), ("t4", 39.0, 2.5), ("t5", 5
 CELLS_AFTER = {"t2": 2, "t3": 3, "t4": 4, "t5": 5, "t8": 8, "tM": 8}
 # Arrest stages of non-blast embryos: the last event reached before arrest.
 ARREST_STAGES = ("t2", "t3", "t4", "t5", "t8")
+# How often non-blast embryos arrest after each stage: most reach 8 cells and stop there,
+# so that their last frame often looks normal and only the timing betrays them.
+ARREST_WEIGHTS = (0.1, 0.1, 0.15, 0.15, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +90,7 @@ class EmbryoPlan:
 
 def _patient_baselines(rng: np.random.Generator, num_patients: int):
   competence = rng.normal(0.0, 0.7, num_patients)
+  competence -= competence.mean()  # keeps the classes near balance in small datasets
   brightness = rng.uniform(0.9, 1.1, num_patients)
   contrast = rng.uniform(0.85, 1.15, num_patients)
   return competence, brightness, contrast
@@ -103,7 +107,7 @@ def plan_embryos(config: SimulatorConfig) -> list[EmbryoPlan]:
     competence = competence_base[patient] + rng.normal(0.0, 1.0)
     label = int(competence + rng.normal(0.0, 0.35) > 0.0)
     # Less competent embryos divide later and less synchronously.
-    delay = 1.0 + 0.06 * max(0.0, -competence) + rng.normal(0.0, 0.03)
+    delay = 1.0 + 0.12 * max(0.0, -competence) + rng.normal(0.0, 0.03)
     jitter = 1.0 + 0.8 * max(0.0, -competence)
     event_hours, previous = {}, 0.0
     for name, mean, spread in EVENT_TIMES:
@@ -112,10 +116,10 @@ def plan_embryos(config: SimulatorConfig) -> list[EmbryoPlan]:
       previous = hours
     arrest_hours = None
     if not label:
-      stage = ARREST_STAGES[rng.integers(0, len(ARREST_STAGES))]
+      stage = ARREST_STAGES[rng.choice(len(ARREST_STAGES), p=ARREST_WEIGHTS)]
       position = list(event_hours).index(stage)
       event_hours = dict(list(event_hours.items())[:position + 1])
-      arrest_hours = float(event_hours[stage] + rng.uniform(4.0, 30.0))
+      arrest_hours = float(event_hours[stage] + rng.uniform(6.0, 40.0))
     plans.append(EmbryoPlan(
         embryo_id=f"SYN{patient:03d}-{index:04d}", patient_id=f"P{patient:03d}", label=label,
         event_hours=event_hours, arrest_hours=arrest_hours,
