@@ -119,3 +119,21 @@ def test_jpeg_draft_matches_full_decode():
   full = np.asarray(Image.open(io.BytesIO(data)).convert("L").resize((112, 112), Image.BILINEAR),
                     np.float32) / 255
   assert np.abs(drafted - full).mean() < 0.01
+
+
+def test_rotated_crop_matches_resize_and_rot90():
+  yy, xx = np.mgrid[:100, :120]
+  frame = Image.fromarray((60 + 40 * np.sin(xx / 9.0) * np.cos(yy / 13.0)).astype(np.uint8))
+  plain = np.asarray(frame.resize((96, 96), Image.BILINEAR, box=(20, 10, 100, 90)), np.float32)
+  straight = np.asarray(augment._rotated_crop(frame, (20, 10, 80), 0.0, 96), np.float32)
+  assert np.abs(straight - plain).mean() < 1.0
+  quarter = np.asarray(augment._rotated_crop(frame, (20, 10, 80), 90.0, 96), np.float32)
+  assert min(np.abs(quarter - np.rot90(plain, k)).mean() for k in (1, 3)) < 1.0
+
+
+def test_png_frames_are_box_reduced_before_resampling():
+  frame = np.zeros((500, 500), np.uint8)
+  frame[::2] = 255  # stripes finer than the output: must average, not alias
+  out = augment.render(_encode(frame), augment.Params(angle=10.0), 112)
+  assert abs(float(out[30:80, 30:80].mean()) - 0.5) < 0.05
+  assert out[30:80, 30:80].std() < 0.1
