@@ -106,7 +106,6 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=features(), supervised_keys=None,
-        homepage="https://github.com/blastjax/blastjax",
         description="Embryo time-lapse sequences: frames per focal plane, hours, labels, patients.")
 
   def _split_generators(self, dl_manager):
