@@ -1,0 +1,169 @@
+"""Entry point: train (then evaluate), evaluate a workdir, or cross-validate.
+
+    python -m blastjax.main --config configs/r2p1d.py:smoke --workdir /tmp/x
+    python -m blastjax.main --config configs/resnet50.py --config.batch_size=8 --workdir runs/r50
+    python -m blastjax.main --mode evaluate --workdir runs/r50
+    python -m blastjax.main --mode cross_validation --config configs/r2p1d.py --workdir runs/cv
+
+Rerunning the same command on the same workdir resumes from its last complete
+checkpoint. Config problems are reported one per line before anything is written,
+with exit status 2; failures during the run (non-finite loss, unwritable workdir)
+exit with status 1 and one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+MODES = ("train", "evaluate", "cross_validation")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/r2p1d.py:smoke "
+                                          "(--mode evaluate reads the workdir's config.json instead).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, metrics, plots.")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "train (then evaluate), evaluate, cross_validation.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0 "
+                                   "(else $JAX_COORDINATOR_ADDRESS / cluster auto-detection).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
+
+
+class UsageError(ValueError):
+  """A problem found before any work; reported as one line per problem."""
+
+
+def fail(message: str, status: int) -> None:
+  for line in str(message).splitlines() or ["unknown error"]:
+    print(f"error: {line}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize() when the config or the flags ask for several hosts."""
+  import jax
+
+  if not (config.multihost or _COORDINATOR.value or _NUM_PROCESSES.value):
+    return
+  kwargs = {}
+  if _COORDINATOR.value:
+    kwargs["coordinator_address"] = _COORDINATOR.value
+  if _NUM_PROCESSES.value:
+    kwargs["num_processes"] = _NUM_PROCESSES.value
+  if _PROCESS_ID.value >= 0:
+    kwargs["process_id"] = _PROCESS_ID.value
+  jax.distributed.initialize(**kwargs)
+
+
+def dataset_problems(config) -> list:
+  """The dataset exists (or can be built) -- checked before the workdir is touched."""
+  from blastjax.data import dataset
+
+  try:
+    builder = dataset.get_builder(config.dataset, config.data_dir or None, **dict(config.dataset_options))
+  except ValueError as error:
+    return [f"config.dataset={config.dataset!r}: {error}"]
+  if config.dataset != "synthetic" and not builder.is_prepared() and not config.manual_dir:
+    return [f"config.dataset={config.dataset!r} is not built in {builder.data_dir} and config.manual_dir "
+            "is empty: set --config.manual_dir to the folder holding the data"]
+  return []
+
+
+def preflight(config) -> None:
+  """Every check that needs no work: fields, model, devices, dataset."""
+  import jax
+
+  from blastjax import config_validation
+
+  problems = config_validation.validate(config, jax.device_count())
+  if not problems:
+    problems = dataset_problems(config)
+  if problems:
+    raise UsageError("\n".join(problems))
+
+
+def load_workdir_config(workdir: str):
+  import ml_collections
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UsageError(f"{path} not found: --mode evaluate needs the workdir of a training run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def write_config(config, workdir: str) -> None:
+  import jax
+
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def run(config, workdir: str, mode: str) -> dict:
+  from blastjax import checkpoint, train
+
+  if mode == "evaluate":
+    return train.evaluate_workdir(workdir)
+  checkpoint.check_writable(workdir)
+  write_config(config, workdir)
+  if mode == "cross_validation":
+    return train.cross_validate(config, workdir)
+  return train.train_and_evaluate(config, workdir)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}; use --config, --workdir, --mode", 2)
+  workdir = _WORKDIR.value
+  if not workdir:
+    fail("--workdir is required", 2)
+  config = _CONFIG.value
+  if config is None and _MODE.value != "evaluate":
+    fail("--config is required (e.g. --config configs/r2p1d.py:smoke)", 2)
+  from blastjax import checkpoint, train
+
+  try:
+    if _MODE.value == "evaluate":
+      config = load_workdir_config(workdir)
+    initialize_distributed(config)
+    preflight(config)
+    run(config, workdir, _MODE.value)
+  except UsageError as error:
+    fail(str(error), 2)
+  except (checkpoint.CheckpointError, train.NonFiniteLossError) as error:
+    fail(str(error), 1)
+
+
+def parse_flags(argv):
+  """absl flag parsing with one clear line for a bad --config override."""
+  from blastjax import config_validation
+
+  known = set(config_validation.default_config().keys())
+  for arg in argv[1:]:
+    if arg.startswith("--config."):
+      field = arg[len("--config."):].split("=", 1)[0].split(".", 1)[0]
+      if field not in known:
+        fail(f"{arg}: config field {field!r} is unknown; known fields: {', '.join(sorted(known))}", 2)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    fail(f"{error}; see --helpfull", 2)
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    fail(f"could not apply the config overrides: {error}", 2)
+
+
+def entry() -> None:
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,68 @@
+"""Shared defaults of every config: the paper's setup (Table 2 of
+cleavage_stage_blastocyst_dataset.txt) and the `:smoke` variant.
+
+Single-frame models: AdamW lr 1e-3, weight decay 1e-5, batch 32, 400x400, 500 epochs.
+Multi-frame models: the same optimiser, batch 16, 32 frames, 224x224, 100 epochs.
+The split is the paper's class-balanced half/half split by embryo.
+
+A model config is `get_config(arg=None)` calling `single_frame(...)` or
+`multi_frame(...)` and `finish(config, arg)`; `arg='smoke'` shrinks everything so the
+run finishes in a few minutes on a laptop CPU. Field meanings: docs/training.md.
+"""
+
+import ml_collections
+
+from blastjax.config_validation import default_config
+
+SMOKE_DATASET = {"num_embryos": 96, "num_patients": 24, "image_size": 72,
+                 "interval_minutes": 120.0, "horizon_hours": 80.0}
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every field with its default (defined in blastjax.config_validation)."""
+  return default_config()
+
+
+def single_frame(model: str, **overrides) -> ml_collections.ConfigDict:
+  c = base()
+  c.model = model
+  c.update(overrides)
+  return c
+
+
+def multi_frame(model: str, **overrides) -> ml_collections.ConfigDict:
+  c = base()
+  c.model = model
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_epochs = 100
+  c.image_size = 224
+  c.num_frames = 32
+  c.sampling = "uniform"
+  c.early_hours = (30.0, 40.0, 50.0, 60.0, 70.0, 80.0)
+  c.update(overrides)
+  return c
+
+
+def finish(c: ml_collections.ConfigDict, arg=None, smoke_image_size: int = 64,
+           smoke_frames: int = 8, smoke_steps: int = 120, **smoke_overrides) -> ml_collections.ConfigDict:
+  """Applies the variant `arg` ('' or None: the paper's setup; 'smoke': tiny)."""
+  if arg not in (None, "", "smoke"):
+    raise ValueError(f"config argument {arg!r} unknown; use none or 'smoke' (e.g. configs/r2p1d.py:smoke)")
+  if arg == "smoke":
+    c.dataset = "synthetic"
+    c.dataset_options = ml_collections.ConfigDict(dict(SMOKE_DATASET))
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.image_size = smoke_image_size
+    c.num_frames = 1 if c.sampling == "last_frame" else smoke_frames
+    if c.clip_length:
+      c.clip_length = min(c.clip_length, c.num_frames)
+    c.num_steps = smoke_steps
+    c.checkpoint_every_steps = 40
+    c.eval_every_steps = 40
+    c.keep_checkpoints = 2
+    c.log_every_steps = 5
+    c.early_hours = (30.0, 45.0, 60.0, 80.0) if c.sampling != "last_frame" else (40.0, 60.0, 80.0)
+    c.update(smoke_overrides)
+  return c

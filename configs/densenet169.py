@@ -1,0 +1,18 @@
+"""DenseNet-169 (Table 3: 12.48M, 74.72%).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+single frame (the last), 400x400, batch 32, 500 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/densenet169.py --workdir runs/densenet169
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/densenet169.py:smoke --workdir /tmp/densenet169_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.single_frame("densenet169")
+  return common.finish(config, arg)

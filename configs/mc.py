@@ -1,0 +1,18 @@
+"""ResNet-MC3-18 (Table 4: 11.47M, 75.09%).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+32 uniformly sampled frames, 224x224, batch 16, 100 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/mc.py --workdir runs/mc
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/mc.py:smoke --workdir /tmp/mc_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.multi_frame("mc3_18", normalization="kinetics")
+  return common.finish(config, arg)

@@ -1,0 +1,18 @@
+"""MFNet-3D (Table 4: 7.69M, 73.96%).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+32 uniformly sampled frames, 224x224, batch 16, 100 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/mfnet.py --workdir runs/mfnet
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/mfnet.py:smoke --workdir /tmp/mfnet_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.multi_frame("mfnet3d")
+  return common.finish(config, arg)

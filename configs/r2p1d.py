@@ -1,0 +1,18 @@
+"""ResNet-R(2+1)D-18 (Table 4: 31.30M, 77.74%, the best baseline).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+32 uniformly sampled frames, 224x224, batch 16, 100 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/r2p1d.py --workdir runs/r2p1d
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/r2p1d.py:smoke --workdir /tmp/r2p1d_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.multi_frame("r2plus1d_18", normalization="kinetics")
+  return common.finish(config, arg)

@@ -1,0 +1,18 @@
+"""ResNet3D-18 (Table 4: 33.15M, 73.96%).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+32 uniformly sampled frames, 224x224, batch 16, 100 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/r3d.py --workdir runs/r3d
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/r3d.py:smoke --workdir /tmp/r3d_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.multi_frame("r3d_18", normalization="kinetics")
+  return common.finish(config, arg)

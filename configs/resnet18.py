@@ -1,0 +1,18 @@
+"""ResNet18 (Table 3: 11.68M parameters, 70.94% accuracy).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+single frame (the last), 400x400, batch 32, 500 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/resnet18.py --workdir runs/resnet18
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/resnet18.py:smoke --workdir /tmp/resnet18_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.single_frame("resnet18")
+  return common.finish(config, arg)

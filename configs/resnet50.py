@@ -1,0 +1,18 @@
+"""ResNet50 (Table 3: 23.56M, 69.43%).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+single frame (the last), 400x400, batch 32, 500 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/resnet50.py --workdir runs/resnet50
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/resnet50.py:smoke --workdir /tmp/resnet50_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.single_frame("resnet50")
+  return common.finish(config, arg)

@@ -1,0 +1,18 @@
+"""ResNeXt101 32x8d (Table 3: 86.74M, 66.42%).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+single frame (the last), 400x400, batch 32, 500 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/resnext101.py --workdir runs/resnext101
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/resnext101.py:smoke --workdir /tmp/resnext101_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.single_frame("resnext101_32x8d")
+  return common.finish(config, arg)

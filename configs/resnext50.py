@@ -1,0 +1,18 @@
+"""ResNeXt50 32x4d (Table 3: 22.98M, 70.19%).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+single frame (the last), 400x400, batch 32, 500 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/resnext50.py --workdir runs/resnext50
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/resnext50.py:smoke --workdir /tmp/resnext50_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.single_frame("resnext50_32x4d")
+  return common.finish(config, arg)

@@ -1,0 +1,18 @@
+"""ViT-B/16 (Table 3: 85.40M, 70.57%); 400x400 needs interpolated position embeddings (model argument).
+
+The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
+single frame (the last), 400x400, batch 32, 500 epochs, AdamW 1e-3:
+
+    python -m blastjax.main --config configs/vit_b_16.py --workdir runs/vit_b_16
+
+Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
+
+    python -m blastjax.main --config configs/vit_b_16.py:smoke --workdir /tmp/vit_b_16_smoke
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.single_frame("vit_b_16")
+  return common.finish(config, arg, smoke_image_size=32)
