@@ -57,13 +57,14 @@ GOMEZ_PLANES = ("embryo_dataset_F-15", "embryo_dataset", "embryo_dataset_F15")
 def make_gomez_tree(root):
   """Three embryos of two patients with the release's quirks:
 
-  AA83-7: blast (phases reach tB); its central frame RUN2 lacks the JPEG end marker;
+  AA83-7: blast (phases reach tB; tEB annotated after the last image); its central
+          frame RUN2 lacks the JPEG end marker;
           its time file has two extra rows (frames 6, 7) without images.
   AA83-8: non-blast; every plane folder holds a nested duplicate copy `AA83-8/AA83-8/`;
           its time file has no row for frame 5 (one image more than time rows).
   GS490-_6: blast; frame 3 has an empty time cell.
   """
-  phases = {"AA83-7": "tPB2,1,1\ntPNa,2,2\nt2,3,3\nt4,4,4\ntB,5,5\n",
+  phases = {"AA83-7": "tPB2,1,1\ntPNa,2,2\nt2,3,3\nt4,4,4\ntB,5,5\ntEB,9,9\n",
             "AA83-8": "t2,2,3\nt3,4,5\n",
             "GS490-_6": "t2,1,2\nt8,3,3\ntM,4,4\ntB,5,5\n"}
   times = {"AA83-7": [(i, 0.2 * i) for i in range(1, 8)],
@@ -250,7 +251,8 @@ def test_gomez_quirks_are_handled_and_counted(tmp_path):
   assert by_id["GS490-_6"]["events"] == {"t2": 0, "t8": 2, "tM": 2, "tB": 3}
   assert dict(report.adaptations) == {
       "truncated_jpeg_recovered": 1, "time_rows_without_frame": 2,
-      "nested_duplicate_folder_ignored": 3, "frames_without_time_dropped": 2}
+      "nested_duplicate_folder_ignored": 3, "frames_without_time_dropped": 2,
+      "events_after_last_frame_dropped": 1}
 
 
 def test_gomez_missing_plane_folder_and_missing_annotations(tmp_path):

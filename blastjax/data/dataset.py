@@ -79,7 +79,7 @@ def build(config: str = "synthetic", data_dir: Optional[str] = None, manual_dir:
 
   data_dir = data_dir or default_data_dir()
   builder = get_builder(config, data_dir, **options)
-  if builder.is_prepared() and not overwrite:
+  if _is_built(builder) and not overwrite:
     text = summary(builder, _report_path(builder))
     if verbose:
       print(f"Already built in {builder.data_dir} (--overwrite to rebuild)\n{text}", flush=True)
@@ -91,7 +91,7 @@ def build(config: str = "synthetic", data_dir: Optional[str] = None, manual_dir:
     if not os.path.isdir(manual_dir):
       raise ValueError(f"manual_dir {manual_dir!r} is not a directory")
   target = builder
-  if builder.is_prepared():
+  if _is_built(builder):
     scratch = os.path.join(data_dir, ".rebuild")
     shutil.rmtree(scratch, ignore_errors=True)
     builder = get_builder(config, scratch, **options)
@@ -125,6 +125,11 @@ def ensure_built(config: str = "synthetic", data_dir: Optional[str] = None,
   data_dir = data_dir or default_data_dir()
   build(config, data_dir, manual_dir=manual_dir, verbose=verbose, **options)
   return data_dir
+
+
+def _is_built(builder) -> bool:
+  """builder.is_prepared(), without TFDS's warning about a version folder not yet there."""
+  return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")) and builder.is_prepared()
 
 
 def _report_path(builder) -> str:
@@ -242,7 +247,7 @@ def load_source(config: str = "synthetic", split: str = "all", data_dir: Optiona
   `split_seed`).
   """
   builder = get_builder(config, data_dir, **options)
-  if not builder.is_prepared():
+  if not _is_built(builder):
     raise FileNotFoundError(
         f"dataset {DATASET_NAME}/{builder.builder_config.name} is not built in {builder.data_dir}: "
         f"run `python -m blastjax.data.build --config {config} --data_dir {data_dir or default_data_dir()}` "

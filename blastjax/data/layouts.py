@@ -491,5 +491,7 @@ def _gomez_embryo(root, name, planes_present, report) -> dict:
     position = int(np.searchsorted(keep, first))
     if position < len(keep):
       events[phase] = position
+    else:  # annotated after the last image (the label still counts it)
+      report.adaptations["events_after_last_frame_dropped"] += 1
   return _assemble(embryo_id, gomez_patient_id(embryo_id), int("tB" in phases), planes, times,
                    "gomez2022", report, central_dir, events=events)
