@@ -117,6 +117,11 @@ def test_non_utf8_names_and_empty_and_huge_folders(tmp_path):
   for plane in ("F0", "F-15"):
     for t in range(3, 600):
       open(os.path.join(huge, plane, f"{t:04d}_{1.5 + t * 0.25:g}h.png"), "wb").write(encode(t % 200))
+  try:
+    read_all(root)
+    raise AssertionError("expected an error for the folder without a label row")
+  except layouts.InvalidEmbryo as error:
+    assert "E\\xff9" in str(error) and str(error).encode("utf-8")  # printable
   records, report = read_all(root, skip_invalid=True)
   problems = {s["embryo_id"]: s for s in report.skipped}
   assert "E\\xff9" in problems and "no row in labels.csv" in problems["E\\xff9"]["problem"]
@@ -145,3 +150,29 @@ def test_cli_build_never_crashes(tmp_path_factory, noise, skip_invalid):
   if code == 0:
     source = dataset.load_source("folder", data_dir=str(base / "out"))
     assert {source[i]["embryo_id"] for i in range(len(source))} <= {"E1", "E2", "E3"}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(max_size=80), st.text(max_size=80), st.binary(max_size=40))
+def test_gomez_csv_files_under_fuzz(tmp_path_factory, times_text, phases_text, raw):
+  from test_layouts import make_gomez_tree
+  root = make_gomez_tree(str(tmp_path_factory.mktemp("gz") / "g"))
+  with open(os.path.join(root, "embryo_dataset_time_elapsed", "AA83-8_timeElapsed.csv"), "w",
+            encoding="utf-8", errors="surrogateescape") as f:
+    f.write(times_text)
+  with open(os.path.join(root, "embryo_dataset_annotations", "AA83-8_phases.csv"), "w",
+            encoding="utf-8", errors="surrogateescape") as f:
+    f.write(phases_text)
+  with open(os.path.join(root, "embryo_dataset_time_elapsed", "GS490-_6_timeElapsed.csv"), "wb") as f:
+    f.write(b"frame_index,time\n" + raw)
+  try:
+    read_all(root, reader=layouts.read_gomez2022)
+  except layouts.InvalidEmbryo as error:
+    assert error.embryo_id in ("AA83-8", "GS490-_6")
+    str(error).encode("utf-8")  # printable
+  records, report = read_all(root, skip_invalid=True, reader=layouts.read_gomez2022)
+  assert "AA83-7" in {r["embryo_id"] for r in records}
+  for record in records:
+    assert record["frames"].shape[0] == record["hours"].size > 0
+    assert np.all(np.diff(record["hours"]) > 0)
+    assert all(0 <= v < record["hours"].size for v in record["events"].values())

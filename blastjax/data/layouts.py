@@ -45,6 +45,8 @@ class InvalidEmbryo(ValueError):
   """Bad input for one embryo: which embryo, which file, what is wrong."""
 
   def __init__(self, embryo_id: str, path: str, problem: str):
+    # Names that are not valid UTF-8 are shown escaped, so the message can be printed.
+    embryo_id, path, problem = safe_name(embryo_id), safe_name(path), safe_name(problem)
     super().__init__(f"embryo {embryo_id!r}: {path}: {problem}")
     self.embryo_id, self.path, self.problem = embryo_id, path, problem
 
