@@ -1,0 +1,253 @@
+"""Video ResNets r3d_18, mc3_18 and r2plus1d_18, identical to `torchvision.models.video`.
+
+Tran et al., "A Closer Look at Spatiotemporal Convolutions for Action Recognition": the
+paper's ResNet3D (all 3x3x3 convolutions), ResNet-MC (3D convolutions in layer1 only,
+2D 1x3x3 convolutions after) and ResNet-R(2+1)D (every 3D convolution split into a
+1x3x3 spatial and a 3x1x1 temporal one, with the width in between chosen so the
+parameter count matches the 3D convolution). torchvision's Kinetics-400 checkpoints load
+with `blastjax.weights.from_torch('r3d_18', state_dict, num_classes=400)`.
+
+Flax module names are torchvision's keys with `_` for `.` inside a module name and one
+Flax module per torch container: `stem` (children `0`, `1`, and `3`, `4` for R(2+1)D),
+`layer1` .. `layer4` (children `0`, `1`: the blocks), a block holding `conv1_0` (the
+conv, or for R(2+1)D `conv1_0_0` spatial conv, `conv1_0_1` BatchNorm, `conv1_0_3`
+temporal conv), `conv1_1` (BatchNorm), `conv2_0`, `conv2_1`, and `downsample_0` /
+`downsample_1`; then `fc`. `dotted_key_map` turns a Flax path into the torch key by
+that one rule.
+
+Building blocks for reuse (e.g. a two-branch model using r3d_18 as its 3D branch):
+- `BasicStem`, `R2Plus1dStem`: the stems on [B, T, H, W, C] (any C).
+- `BasicBlock(planes, conv_type, stride)`: one residual block; `conv_type` is one of
+  `CONV_TYPES` ('3d' = Conv3DSimple, 'no_temporal' = Conv3DNoTemporal,
+  '2plus1d' = Conv2Plus1D).
+- `VideoResStage(planes, num_blocks, conv_type, stride)`: one `layerN`.
+- `VideoResNet`: the whole net; `VIDEO_RESNET_CONFIGS[name]` holds each variant's
+  kwargs. `model.apply(variables, x, return_feature_map=True)` returns the layer4 map
+  [B, T', H', W', 512] before pooling; `num_classes=0` returns the pooled 512-d
+  features. `include_stem=False` and `stages=(start, stop)` run part of the net (the
+  stages `layer{start+1}` .. `layer{stop}`); a net that stops before layer4 returns its
+  feature map. A module embedding a VideoResNet under the name `branch3d` converts a
+  torchvision state_dict with `prefixed_key_map(dotted_key_map, 'branch3d', '')`.
+
+A padding mask (True = padding frame) is honoured by looping the valid frames over the
+padded slots before the stem, so padded content cannot change the output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from blastjax import weights
+from blastjax.models import masking
+from blastjax.models.registry import register
+
+Array = jax.Array
+
+# torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convs,
+# normal(0, 0.01) and zero bias for fc, BatchNorm weight 1 and bias 0.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+fc_init = nn.initializers.normal(0.01)
+
+CONV_TYPES = ("3d", "no_temporal", "2plus1d")
+STAGE_PLANES = (64, 128, 256, 512)
+
+
+def sym_pad(*pads: int) -> Tuple[Tuple[int, int], ...]:
+  """torch's symmetric padding, one amount per axis."""
+  return tuple((p, p) for p in pads)
+
+
+def conv3d(features: int, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+           name: str, dtype: Any, groups: int = 1, use_bias: bool = False,
+           kernel_init: Callable = conv_init) -> nn.Conv:
+  """A torch-like Conv3d (symmetric padding) on channels-last clips."""
+  return nn.Conv(features, tuple(kernel), strides=tuple(strides), padding=sym_pad(*pads),
+                 feature_group_count=groups, use_bias=use_bias, dtype=dtype,
+                 kernel_init=kernel_init, name=name)
+
+
+def batch_norm(name: str, train: bool, dtype: Any, epsilon: float = 1e-5) -> nn.BatchNorm:
+  """torch's BatchNorm3d defaults (momentum 0.1 -> Flax 0.9, eps 1e-5), exact variance."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
+                      use_fast_variance=False, dtype=dtype, name=name)
+
+
+def downsample_stride(conv_type: str, stride: int) -> Tuple[int, int, int]:
+  """The stride of a stage's 1x1x1 shortcut conv (`get_downsample_stride` in torchvision)."""
+  return (1, stride, stride) if conv_type == "no_temporal" else (stride, stride, stride)
+
+
+def midplanes(inplanes: int, planes: int) -> int:
+  """R(2+1)D's intermediate width: the 3x3x3 conv's parameter count, split in two."""
+  return (inplanes * planes * 3 * 3 * 3) // (inplanes * 3 * 3 + 3 * planes)
+
+
+def spatiotemporal_conv(x: Array, conv_type: str, planes: int, mid: int, stride: int, name: str,
+                        train: bool, dtype: Any) -> Array:
+  """torchvision's conv builders (Conv3DSimple, Conv3DNoTemporal, Conv2Plus1D) as `name`.
+
+  Must be called inside a compact method: the layers belong to the calling module.
+  """
+  if conv_type == "3d":
+    return conv3d(planes, (3, 3, 3), (stride,) * 3, (1, 1, 1), name, dtype)(x)
+  if conv_type == "no_temporal":
+    return conv3d(planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), name, dtype)(x)
+  if conv_type == "2plus1d":
+    x = conv3d(mid, (1, 3, 3), (1, stride, stride), (0, 1, 1), f"{name}_0", dtype)(x)
+    x = nn.relu(batch_norm(f"{name}_1", train, dtype)(x))
+    return conv3d(planes, (3, 1, 1), (stride, 1, 1), (1, 0, 0), f"{name}_3", dtype)(x)
+  raise ValueError(f"conv_type={conv_type!r}; expected one of {CONV_TYPES}")
+
+
+class BasicStem(nn.Module):
+  """Conv (3, 7, 7) stride (1, 2, 2) -> BatchNorm -> ReLU (r3d_18, mc3_18)."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    x = conv3d(64, (3, 7, 7), (1, 2, 2), (1, 3, 3), "0", self.dtype)(x)
+    return nn.relu(batch_norm("1", train, self.dtype)(x))
+
+
+class R2Plus1dStem(nn.Module):
+  """Conv (1, 7, 7) to 45 channels, BN, ReLU, conv (3, 1, 1) to 64, BN, ReLU."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    x = conv3d(45, (1, 7, 7), (1, 2, 2), (0, 3, 3), "0", self.dtype)(x)
+    x = nn.relu(batch_norm("1", train, self.dtype)(x))
+    x = conv3d(64, (3, 1, 1), (1, 1, 1), (1, 0, 0), "3", self.dtype)(x)
+    return nn.relu(batch_norm("4", train, self.dtype)(x))
+
+
+STEMS = {"basic": BasicStem, "r2plus1d": R2Plus1dStem}
+
+
+class BasicBlock(nn.Module):
+  """torchvision's video BasicBlock: conv-BN-ReLU, conv-BN, plus the shortcut, ReLU.
+
+  Both convs of the block use the intermediate width computed from the block's input
+  and output widths, as torchvision does.
+  """
+
+  planes: int
+  conv_type: str = "3d"
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    inplanes = x.shape[-1]
+    mid = midplanes(inplanes, self.planes)
+    y = spatiotemporal_conv(x, self.conv_type, self.planes, mid, self.stride, "conv1_0", train,
+                            self.dtype)
+    y = nn.relu(batch_norm("conv1_1", train, self.dtype)(y))
+    y = spatiotemporal_conv(y, self.conv_type, self.planes, mid, 1, "conv2_0", train, self.dtype)
+    y = batch_norm("conv2_1", train, self.dtype)(y)
+    if self.stride != 1 or inplanes != self.planes:
+      x = conv3d(self.planes, (1, 1, 1), downsample_stride(self.conv_type, self.stride), (0, 0, 0),
+                 "downsample_0", self.dtype)(x)
+      x = batch_norm("downsample_1", train, self.dtype)(x)
+    return nn.relu(y + x)
+
+
+class VideoResStage(nn.Module):
+  """One `layerN`: `num_blocks` BasicBlocks named `0`, `1`, ...; the first one strides."""
+
+  planes: int
+  num_blocks: int = 2
+  conv_type: str = "3d"
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    for i in range(self.num_blocks):
+      x = BasicBlock(self.planes, self.conv_type, self.stride if i == 0 else 1, dtype=self.dtype,
+                     name=str(i))(x, train)
+    return x
+
+
+class VideoResNet(nn.Module):
+  """torchvision's VideoResNet (BasicBlock) on clips [B, T, H, W, C]; see the module docstring."""
+
+  conv_types: Sequence[str] = ("3d",) * 4
+  layers: Sequence[int] = (2, 2, 2, 2)
+  stem: str = "basic"
+  num_classes: int = 2
+  include_stem: bool = True
+  stages: Tuple[int, int] = (0, 4)
+  in_channels: Optional[int] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None,
+               return_feature_map: bool = False) -> Array:
+    if self.in_channels is not None and self.include_stem and x.shape[-1] != self.in_channels:
+      raise ValueError(f"input has {x.shape[-1]} channels but the model was built with "
+                       f"in_channels={self.in_channels}; pass clips [B, T, H, W, {self.in_channels}]")
+    x = masking.loop_valid_frames(x, mask)
+    if self.include_stem:
+      if self.stem not in STEMS:
+        raise ValueError(f"stem={self.stem!r}; expected one of {sorted(STEMS)}")
+      x = STEMS[self.stem](dtype=self.dtype, name="stem")(x, train)
+    start, stop = self.stages
+    for i in range(start, stop):
+      x = VideoResStage(STAGE_PLANES[i], self.layers[i], self.conv_types[i], 1 if i == 0 else 2,
+                        dtype=self.dtype, name=f"layer{i + 1}")(x, train)
+    if return_feature_map or stop < 4:
+      return x
+    x = jnp.mean(x, axis=(1, 2, 3))
+    if self.num_classes == 0:
+      return x
+    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=fc_init, name="fc")(x)
+
+
+VIDEO_RESNET_CONFIGS = {
+    "r3d_18": dict(conv_types=("3d",) * 4, stem="basic"),
+    "mc3_18": dict(conv_types=("3d",) + ("no_temporal",) * 3, stem="basic"),
+    "r2plus1d_18": dict(conv_types=("2plus1d",) * 4, stem="r2plus1d"),
+}
+
+
+def dotted_key_map(collection: str, path: tuple) -> str:
+  """`('layer1', '0', 'conv1_0_3', 'kernel')` -> `'layer1.0.conv1.0.3.weight'`."""
+  names = [name.replace("_", ".") for name in path[:-1]]
+  return ".".join(names + [weights.torch_suffix(collection, path[-1])])
+
+
+def prefixed_key_map(key_map: Callable[[str, tuple], str], flax_prefix: str, torch_prefix: str
+                     ) -> Callable[[str, tuple], str]:
+  """The key map of a net held under Flax module `flax_prefix`, torch module `torch_prefix`.
+
+  Paths outside `flax_prefix` raise a KeyError naming them: the caller's own key map
+  handles those and delegates the rest here.
+  """
+
+  def mapped(collection: str, path: tuple) -> str:
+    if not path or path[0] != flax_prefix:
+      raise KeyError(f"{'/'.join(path)} is not under {flax_prefix!r}")
+    key = key_map(collection, path[1:])
+    return f"{torch_prefix}.{key}" if torch_prefix else key
+
+  return mapped
+
+
+def _builder(name: str):
+  def build(num_classes: int = 2, **kwargs) -> VideoResNet:
+    return VideoResNet(num_classes=num_classes, **{**VIDEO_RESNET_CONFIGS[name], **kwargs})
+
+  build.__doc__ = f"torchvision.models.video.{name} (BasicBlock x [2, 2, 2, 2])."
+  return build
+
+
+for _name in VIDEO_RESNET_CONFIGS:
+  register(_name, input_kind="video", torch_key_map=dotted_key_map,
+           reference=f"torchvision.models.video.{_name}", min_image_size=16)(_builder(_name))
