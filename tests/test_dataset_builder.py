@@ -44,6 +44,12 @@ def test_synthetic_build_reads_in_the_pipeline_format(synthetic_dir):
   meta = source.metadata()
   assert meta["class_names"] == ("non_blast", "blast") and meta["num_focal_planes"] == 3
   assert meta["image_size"] == (32, 32) and meta["labels"].shape == (8,)
+  order = [source[i]["embryo_id"] for i in range(len(source))]
+  assert order == sorted(order) and meta["embryo_ids"].tolist() == order  # stored in id order
+  assert meta["labels"].tolist() == [source[i]["label"] for i in range(len(source))]
+  scanned = dataset.EmbryoSource(source._source).metadata()  # without embryos.json
+  assert scanned["embryo_ids"].tolist() == order and scanned["image_size"] == (32, 32)
+  assert np.array_equal(scanned["labels"], meta["labels"]) and scanned["num_focal_planes"] == 3
   clone = pickle.loads(pickle.dumps(source))
   assert clone[5]["embryo_id"] == source[5]["embryo_id"]
   # Same embryos as the simulator draws directly.
@@ -59,6 +65,8 @@ def test_train_test_splits_and_errors(synthetic_dir):
   test = dataset.load_source("synthetic", split="test", data_dir=synthetic_dir, **TINY)
   ids = lambda s: {s[i]["embryo_id"] for i in range(len(s))}
   assert len(train) + len(test) == 8 and not ids(train) & ids(test)
+  assert set(train.metadata()["embryo_ids"]) == ids(train)
+  assert train.metadata()["labels"].tolist() == [train[i]["label"] for i in range(len(train))]
   with pytest.raises(ValueError, match="split 'valid' unknown"):
     dataset.load_source("synthetic", split="valid", data_dir=synthetic_dir, **TINY)
   with pytest.raises(FileNotFoundError, match="python -m blastjax.data.build"):

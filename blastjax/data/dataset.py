@@ -127,6 +127,18 @@ def ensure_built(config: str = "synthetic", data_dir: Optional[str] = None,
   return data_dir
 
 
+def _read_index(builder):
+  """The build's embryos.json (list of index entries), or None if absent or unreadable."""
+  import json
+  from tfds_builders.embryo_timelapse import embryo_timelapse as et
+
+  try:
+    with open(os.path.join(builder.data_dir, et.INDEX_FILE)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
 def _is_built(builder) -> bool:
   """builder.is_prepared(), without TFDS's warning about a version folder not yet there."""
   return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")) and builder.is_prepared()
@@ -168,10 +180,13 @@ class EmbryoSource:
   it to a subset, in the given order.
   """
 
-  def __init__(self, data_source, indices=None, name: str = DATASET_NAME):
+  def __init__(self, data_source, indices=None, name: str = DATASET_NAME, index=None):
+    """index: the build's embryos.json (one entry per stored example), which lets
+    metadata() answer without reading the frames."""
     self._source = data_source
     self._indices = None if indices is None else np.asarray(indices, np.int64)
     self.name = name
+    self._entries = index if index is not None and len(index) == len(data_source) else None
     self._metadata = None
 
   def __len__(self) -> int:
@@ -208,22 +223,19 @@ class EmbryoSource:
     """The examples `indices` (positions in this source) as a new source."""
     indices = np.asarray(indices, np.int64).reshape(-1)
     base = np.arange(len(self._source)) if self._indices is None else self._indices
-    return EmbryoSource(self._source, base[indices], name or self.name)
+    return EmbryoSource(self._source, base[indices], name or self.name, self._entries)
 
   def metadata(self) -> dict:
     """Per-example labels, patient_ids, embryo_ids, splits (arrays in source order), and
     class_names, focal_planes, num_focal_planes and image_size (height, width) of the
-    first example. Computed once (it reads every example)."""
+    first example. From the build's embryos.json when present (no frame is read), else
+    by reading every example once."""
     if self._metadata is None:
-      from PIL import Image
-      import io
-
-      rows = [self.raw(i) for i in range(len(self))]
+      if self._entries is not None:
+        rows = [self._entries[self._index(i)] for i in range(len(self))]
+      else:
+        rows = [_index_row(self.raw(i)) for i in range(len(self))]
       first = rows[0] if rows else None
-      size = None
-      if first is not None and len(first["frames"]):
-        with Image.open(io.BytesIO(first["frames"][0])) as image:
-          size = (image.size[1], image.size[0])
       self._metadata = {
           "labels": np.asarray([int(r["label"]) for r in rows], np.int64),
           "patient_ids": np.asarray([r["patient_id"] for r in rows], dtype=object),
@@ -231,10 +243,16 @@ class EmbryoSource:
           "splits": np.asarray([r["split"] for r in rows], dtype=object),
           "class_names": CLASS_NAMES,
           "focal_planes": None if first is None else np.asarray(first["focal_planes"], np.int32),
-          "num_focal_planes": 0 if first is None else int(first["num_focal_planes"]),
-          "image_size": size,
+          "num_focal_planes": 0 if first is None else len(first["focal_planes"]),
+          "image_size": None if first is None else tuple(first["image_size"]),
       }
     return self._metadata
+
+
+def _index_row(example: dict) -> dict:
+  from tfds_builders.embryo_timelapse import embryo_timelapse as et
+
+  return et.index_entry(example)
 
 
 def load_source(config: str = "synthetic", split: str = "all", data_dir: Optional[str] = None,
@@ -252,7 +270,8 @@ def load_source(config: str = "synthetic", split: str = "all", data_dir: Optiona
         f"dataset {DATASET_NAME}/{builder.builder_config.name} is not built in {builder.data_dir}: "
         f"run `python -m blastjax.data.build --config {config} --data_dir {data_dir or default_data_dir()}` "
         "(add --manual_dir for folder/gomez2022), or call blastjax.data.dataset.ensure_built")
-  source = EmbryoSource(builder.as_data_source()[SPLIT], name=f"{DATASET_NAME}/{builder.builder_config.name}")
+  source = EmbryoSource(builder.as_data_source()[SPLIT], name=f"{DATASET_NAME}/{builder.builder_config.name}",
+                        index=_read_index(builder))
   if split in ("all", SPLIT):
     return source
   meta = source.metadata()

@@ -102,12 +102,13 @@ def plan_embryos(config: SimulatorConfig) -> list[EmbryoPlan]:
   competence_base, bright_base, contrast_base = _patient_baselines(rng, config.num_patients)
   patients = np.sort(rng.integers(0, config.num_patients, config.num_embryos))
   patients[:config.num_patients] = np.arange(config.num_patients)  # every patient has embryos
+  patients = np.sort(patients)  # ids (patient, then index) in sorted order
   plans = []
   for index, patient in enumerate(patients):
     competence = competence_base[patient] + rng.normal(0.0, 1.0)
     label = int(competence + rng.normal(0.0, 0.35) > 0.0)
     # Less competent embryos divide later and less synchronously.
-    delay = 1.0 + 0.12 * max(0.0, -competence) + rng.normal(0.0, 0.03)
+    delay = 1.0 + 0.2 * max(0.0, -competence) + rng.normal(0.0, 0.03)
     jitter = 1.0 + 0.8 * max(0.0, -competence)
     event_hours, previous = {}, 0.0
     for name, mean, spread in EVENT_TIMES:

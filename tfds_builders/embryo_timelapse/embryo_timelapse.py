@@ -13,6 +13,7 @@ the last two read `manual_dir`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import multiprocessing
 import os
@@ -20,11 +21,13 @@ from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from blastjax.data import layouts, synthetic
 
 CLASS_NAMES = ("non_blast", "blast")
 REPORT_FILE = "build_report.json"
+INDEX_FILE = "embryos.json"
 
 
 @dataclasses.dataclass
@@ -87,6 +90,19 @@ def to_example(record: dict, resize: Optional[int] = None) -> dict:
   }
 
 
+def index_entry(example: dict) -> dict:
+  """What metadata needs of one example, without its frames: ids, label, split, sizes."""
+  frames = example["frames"]
+  height = width = 0
+  if len(frames):
+    with Image.open(io.BytesIO(frames[0])) as image:  # reads the header only
+      width, height = image.size
+  return {"embryo_id": example["embryo_id"], "patient_id": example["patient_id"],
+          "label": int(example["label"]), "split": example["split"],
+          "num_frames": int(len(example["hours"])), "focal_planes": [int(o) for o in example["focal_planes"]],
+          "image_size": [height, width]}
+
+
 class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
   """Embryo time-lapse sequences with blast / non-blast labels."""
 
@@ -106,10 +122,14 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=features(), supervised_keys=None,
-        description="Embryo time-lapse sequences: frames per focal plane, hours, labels, patients.")
+        description="Embryo time-lapse sequences: frames per focal plane, hours, labels, patients.",
+        # Stored in the order read (sorted by embryo id), so that the light index
+        # written beside the shards (INDEX_FILE) lines up with the records.
+        disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     self.report = layouts.Report()
+    self.index = []  # index_entry of every example, in storage order
     return {"full": self._generate_examples(dl_manager)}
 
   def _records(self, dl_manager) -> Iterator[dict]:
@@ -142,11 +162,16 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
         raise layouts.LayoutError(f"duplicate embryo_id {record['embryo_id']!r}")
       seen.add(record["embryo_id"])
       self.report.count(record)
-      yield record["embryo_id"], to_example(record, self.builder_config.resize)
+      example = to_example(record, self.builder_config.resize)
+      self.index.append(index_entry(example))
+      yield len(self.index) - 1, example
 
-  def write_report(self, path: Optional[str] = None) -> str:
-    """Writes build_report.json (skipped embryos, adaptations) beside the dataset."""
-    path = path or os.path.join(self.data_dir, REPORT_FILE)
+  def write_report(self) -> str:
+    """Writes build_report.json (counts, skipped embryos, adaptations) and embryos.json
+    (per-example ids, labels, sizes in storage order) beside the dataset."""
+    path = os.path.join(self.data_dir, REPORT_FILE)
     with open(path, "w") as f:
       json.dump(getattr(self, "report", layouts.Report()).as_dict(), f, indent=2)
+    with open(os.path.join(self.data_dir, INDEX_FILE), "w") as f:
+      json.dump(getattr(self, "index", []), f)
     return path
