@@ -8,13 +8,16 @@ encoded as JPEG (quality 90, like EmbryoScope exports) or PNG, three focal plane
 which the central one is decoded. Each row is a 32-frame clip sampled uniformly,
 augmented (random crop, rotation, flip, brightness/contrast) and resized to 224x224.
 Frames per second per worker = frames per second / max(1, workers); the first batch
-(worker start-up) is not timed.
+(worker start-up) is not timed. frames/CPU-s divides by the CPU time of the loader's
+processes (this one and its grain workers), the per-core throughput on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import io
+import os
 import platform
 import time
 
@@ -65,19 +68,45 @@ def _encode(frame: np.ndarray, fmt: str) -> bytes:
   return buffer.getvalue()
 
 
-def measure(source, workers: int, batches: int, batch_size: int, augment_on: bool) -> float:
-  """Frames per second over `batches` batches after the first."""
+def _descendants(pid: int) -> list:
+  children = []
+  for task in glob.glob(f"/proc/{pid}/task/*/children"):
+    with open(task) as f:
+      children += [int(c) for c in f.read().split()]
+  return children + [d for c in children for d in _descendants(c)]
+
+
+def cpu_seconds() -> float:
+  """CPU time of this process and its live descendants (grain workers), from /proc.
+
+  On a shared machine wall-clock throughput depends on the other load; frames per CPU
+  second does not (much), and is the per-core figure."""
+  ticks = os.sysconf("SC_CLK_TCK")
+  total = time.process_time()
+  for pid in _descendants(os.getpid()):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / ticks
+    except OSError:
+      pass
+  return total
+
+
+def measure(source, workers: int, batches: int, batch_size: int, augment_on: bool) -> tuple:
+  """(frames per wall second, frames per CPU second) over `batches` batches after the first."""
   loader = pipeline.make_loader(source, sampling="uniform", num_frames=32, image_size=224,
                                 augment=augment_on, batch_size=batch_size, shuffle=True,
                                 num_epochs=None, worker_count=workers, prefetch=2)
   iterator = iter(loader)
   next(iterator)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), cpu_seconds()
   for _ in range(batches):
     batch = next(iterator)
-  elapsed = time.perf_counter() - start
+  elapsed, elapsed_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
   assert batch["image"].shape == (batch_size, 32, 224, 224, 1)
-  return batches * batch_size * 32 / elapsed
+  frames = batches * batch_size * 32
+  return frames / elapsed, frames / elapsed_cpu
 
 
 def frame_profile(source, repeats: int = 40) -> dict:
@@ -116,20 +145,20 @@ def main():
         f"numpy {np.__version__}")
   print(f"rows: 32 x 224 x 224 x 1 clips (uniform sampling, augment={not args.no_augment}) "
         f"from 500 x 500 frames; batch {args.batch_size}, {args.batches} timed batches\n")
-  print(f"{'format':6} {'bytes/frame':>11} {'workers':>7} {'frames/s':>9} {'frames/s/worker':>15}")
+  print(f"{'format':6} {'bytes/frame':>11} {'workers':>7} {'frames/s':>9} {'frames/s/worker':>15} "
+        f"{'frames/CPU-s':>12}")
   for fmt in args.formats:
     source = BenchmarkSource(fmt, args.examples, 96, 8, 500)
     size = np.mean([len(b) for b in source[0]["frames"][:, 1]])
     for workers in args.workers:
-      fps = measure(source, workers, args.batches, args.batch_size, not args.no_augment)
-      print(f"{fmt:6} {size:11.0f} {workers:7d} {fps:9.0f} {fps / max(1, workers):15.0f}", flush=True)
+      fps, per_cpu = measure(source, workers, args.batches, args.batch_size, not args.no_augment)
+      print(f"{fmt:6} {size:11.0f} {workers:7d} {fps:9.0f} {fps / max(1, workers):15.0f} "
+            f"{per_cpu:12.0f}", flush=True)
     profile = frame_profile(source)
     print("  per frame (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in profile.items()))
 
 
 def _cpu_count() -> int:
-  import os
-
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 

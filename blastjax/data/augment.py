@@ -30,7 +30,7 @@ import math
 from typing import Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageStat
 
 CROPS = ("center", "random", "multiscale", "corner")
 HARA_SCALES = (1.0, 2 ** -0.25, 2 ** -0.5, 2 ** -0.75, 0.5)
@@ -161,12 +161,13 @@ def _to_gray(image: Image.Image) -> tuple:
   return image.convert("L"), 255.0   # RGB, RGBA, P, LA, CMYK, YCbCr: ITU-R 601-2 luma
 
 
-def render(data: bytes, params: Params, image_size: int) -> np.ndarray:
+def render(data: bytes, params: Params, image_size: int, colour: bool = True) -> np.ndarray:
   """Decodes one encoded frame and applies `params`: float32 [image_size, image_size] in [0, 1].
 
   Fast path: JPEG draft, then an integer box reduction while the crop keeps at least
   `image_size` pixels, then one resampling pass (a resize of the crop box, or one affine
-  transform doing crop, rotation and resize together).
+  transform doing crop, rotation and resize together). colour=False leaves brightness and
+  contrast to the caller (the pipeline applies them to a whole sequence at once).
   """
   image, white = _to_gray(decode(data, params, image_size))
   left, top, right, _ = crop_box(image.width, image.height, params)
@@ -185,7 +186,7 @@ def render(data: bytes, params: Params, image_size: int) -> np.ndarray:
     array = array[:, ::-1]
   if params.vflip:
     array = array[::-1, :]
-  return photometric(array, params)
+  return photometric(array, params) if colour else array
 
 
 def _rotated_crop(image: Image.Image, crop: tuple, angle: float, size: int) -> Image.Image:
@@ -198,17 +199,20 @@ def _rotated_crop(image: Image.Image, crop: tuple, angle: float, size: int) -> I
   a, b, d, e = scale * cos, -scale * sin, scale * sin, scale * cos
   half = size / 2
   coefficients = (a, b, center_x - (a + b) * half, d, e, center_y - (d + e) * half)
-  mean = float(np.asarray(image, np.float32).mean())
-  fill = mean if image.mode == "F" else int(round(mean))
+  if image.mode == "F":
+    fill = float(np.asarray(image, np.float32).mean())
+  else:
+    fill = int(round(ImageStat.Stat(image).mean[0]))
   return image.transform((size, size), Image.AFFINE, coefficients, Image.BILINEAR, fillcolor=fill)
 
 
 def photometric(array: np.ndarray, params: Params) -> np.ndarray:
-  """Brightness then contrast (torchvision ColorJitter semantics), clipped to [0, 1]."""
+  """Brightness then contrast (torchvision ColorJitter semantics: contrast blends with
+  each frame's mean), clipped to [0, 1]; `array` is [..., H, W]."""
   if params.brightness == 1.0 and params.contrast == 1.0:
     return np.ascontiguousarray(array)
   array = array * np.float32(params.brightness)
   if params.contrast != 1.0:
-    mean = np.float32(np.clip(array, 0, 1).mean())
+    mean = np.clip(array, 0, 1).mean(axis=(-2, -1), keepdims=True, dtype=np.float32)
     array = (array - mean) * np.float32(params.contrast) + mean
-  return np.clip(array, 0.0, 1.0)
+  return np.clip(array, 0.0, 1.0, out=array)

@@ -220,7 +220,7 @@ class _Prepare:
   def _frame(self, example, t: int, plane: int, params) -> np.ndarray:
     data = example["frames"][t, plane]
     try:
-      return augment_lib.render(bytes(data), params, self.image_size)
+      return augment_lib.render(bytes(data), params, self.image_size, colour=False)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
       raise ValueError(
           f"embryo {example['embryo_id']!r} (source index {example['example_index']}): frame {t} "
@@ -235,7 +235,7 @@ class _Prepare:
       if not mask[step]:
         for slot, plane in enumerate(planes):
           images[step, slot] = self._frame(example, int(t), plane, params)
-    images = self._layout(images, mask)
+    images = self._layout(augment_lib.photometric(images, params), mask)
     hours = np.where(mask, 0.0, np.asarray(example["hours"], np.float32)[np.maximum(indices, 0)])
     return {"image": images, "mask": mask.astype(bool), "label": np.int32(example["label"]),
             "hours": hours.astype(np.float32), "example_index": np.int32(example["example_index"]),
@@ -251,7 +251,8 @@ class _Prepare:
         images = np.repeat(images, 3, axis=-1)
       if self.focal_planes == "center":
         images = images[:, 0]
-    images = (images - self.mean) / self.std
+    images -= self.mean
+    images *= 1.0 / self.std
     images[mask] = 0.0
     if self.sampling == "last_frame":
       images = images[0]
