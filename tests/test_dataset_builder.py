@@ -71,6 +71,8 @@ def test_train_test_splits_and_errors(synthetic_dir):
     dataset.load_source("synthetic", split="valid", data_dir=synthetic_dir, **TINY)
   with pytest.raises(FileNotFoundError, match="python -m blastjax.data.build"):
     dataset.load_source("synthetic", data_dir=synthetic_dir, num_embryos=9)
+  same = dataset.load_source("synthetic", data_dir=synthetic_dir, **{**TINY, "interval_minutes": 480})
+  assert len(same) == 8  # 480 and 480.0 minutes name the same build
   with pytest.raises(ValueError, match="unknown dataset option"):
     dataset.load_source("synthetic", data_dir=synthetic_dir, colour=True)
 

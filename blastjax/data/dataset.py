@@ -46,6 +46,9 @@ def builder_config(config: str = "synthetic", **options):
   unknown = sorted(set(options) - fields)
   if unknown:
     raise ValueError(f"unknown dataset option(s) {unknown}; known: {sorted(_SHORT) + ['skip_invalid']}")
+  # 120 and 120.0 minutes are the same build: coerce to the field's type.
+  options = {k: (type(getattr(base, k))(v) if getattr(base, k) is not None and v is not None else v)
+             for k, v in options.items()}
   changed = {k: v for k, v in options.items() if getattr(base, k) != v}
   if not changed:
     return base
