@@ -135,3 +135,15 @@ def test_build_needs_manual_dir(tmp_path, capsys):
   assert "manual_dir" in capsys.readouterr().err
   assert build.main(["--config", "folder", "--num_embryos", "3", "--manual_dir", str(tmp_path)]) == 2
   assert "synthetic only" in capsys.readouterr().err
+
+
+def test_synthetic_build_in_worker_processes_matches_the_simulator(tmp_path):
+  options = {"num_embryos": 16, "num_patients": 4, "image_size": 32, "interval_minutes": 960.0}
+  data_dir = dataset.ensure_built("synthetic", data_dir=str(tmp_path), verbose=False, **options)
+  source = dataset.load_source("synthetic", data_dir=data_dir, **options)
+  from blastjax.data import synthetic
+  sim = synthetic.SimulatorConfig(image_size=32, interval_minutes=960.0, num_embryos=16, num_patients=4)
+  plans = synthetic.plan_embryos(sim)
+  assert source.metadata()["embryo_ids"].tolist() == [p.embryo_id for p in plans]
+  direct = synthetic.simulate_embryo(plans[11], sim)
+  assert np.array_equal(source[11]["frames"], direct["frames"]) and source[11]["label"] == plans[11].label
