@@ -258,3 +258,20 @@ def test_real_synthetic_dataset(synthetic):
   np.testing.assert_array_equal(batch["label"], labels)
   assert batch["hours"].max() <= 12.0 and not batch["mask"].any()
   assert batch["image"].std() > 0.1
+
+
+def test_process_shards_cover_data_with_equal_batch_counts(source, monkeypatch):
+  import grain.python as grain
+
+  per_shard = []
+  for shard_index in (0, 1, 2, 3):
+    monkeypatch.setattr(pipeline.grain, "ShardByJaxProcess",
+                        lambda drop_remainder, i=shard_index: grain.ShardOptions(i, 4, drop_remainder))
+    per_shard.append(_batches(pipeline.make_loader(source, indices=[0, 1, 2, 3, 4], num_frames=2,
+                                                   image_size=8, batch_size=1, shuffle=True)))
+  assert [len(b) for b in per_shard] == [2, 2, 2, 2]  # ceil(5 / 4) records each
+  valid = [(int(b["example_index"][0]), bool(b["valid"][0])) for s in per_shard for b in s]
+  assert sorted(i for i, ok in valid if ok) == [0, 1, 2, 3, 4]
+  assert sum(not ok for _, ok in valid) == 3  # repeated records pad the short shards
+  assert pipeline.batches_per_epoch(5, 1, False, 4) == 2
+  assert pipeline.batches_per_epoch(5, 1, True, 4) == 1
