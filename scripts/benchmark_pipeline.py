@@ -93,10 +93,12 @@ def cpu_seconds() -> float:
   return total
 
 
-def measure(source, workers: int, batches: int, batch_size: int, augment_on: bool) -> tuple:
+def measure(source, workers: int, batches: int, batch_size: int, augment_on: bool,
+            augment_config: dict) -> tuple:
   """(frames per wall second, frames per CPU second) over `batches` batches after the first."""
   loader = pipeline.make_loader(source, sampling="uniform", num_frames=32, image_size=224,
-                                augment=augment_on, batch_size=batch_size, shuffle=True,
+                                augment=augment_on, augment_config=augment_config,
+                                batch_size=batch_size, shuffle=True,
                                 num_epochs=None, worker_count=workers, prefetch=2)
   iterator = iter(loader)
   next(iterator)
@@ -135,6 +137,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=4)
   parser.add_argument("--examples", type=int, default=8)
   parser.add_argument("--no_augment", action="store_true")
+  parser.add_argument("--rotation_degrees", type=float, default=180.0,
+                      help="0 replaces the affine rotation pass by a box resize")
   args = parser.parse_args()
 
   import grain
@@ -143,7 +147,8 @@ def main():
   print(f"machine: {platform.processor() or platform.machine()}, {_cpu_count()} CPU cores; "
         f"python {platform.python_version()}, grain {grain.__version__}, Pillow {PIL.__version__}, "
         f"numpy {np.__version__}")
-  print(f"rows: 32 x 224 x 224 x 1 clips (uniform sampling, augment={not args.no_augment}) "
+  print(f"rows: 32 x 224 x 224 x 1 clips (uniform sampling, augment={not args.no_augment}, "
+        f"rotation_degrees={args.rotation_degrees}) "
         f"from 500 x 500 frames; batch {args.batch_size}, {args.batches} timed batches\n")
   print(f"{'format':6} {'bytes/frame':>11} {'workers':>7} {'frames/s':>9} {'frames/s/worker':>15} "
         f"{'frames/CPU-s':>12}")
@@ -151,7 +156,8 @@ def main():
     source = BenchmarkSource(fmt, args.examples, 96, 8, 500)
     size = np.mean([len(b) for b in source[0]["frames"][:, 1]])
     for workers in args.workers:
-      fps, per_cpu = measure(source, workers, args.batches, args.batch_size, not args.no_augment)
+      fps, per_cpu = measure(source, workers, args.batches, args.batch_size, not args.no_augment,
+                             {"rotation_degrees": args.rotation_degrees})
       print(f"{fmt:6} {size:11.0f} {workers:7d} {fps:9.0f} {fps / max(1, workers):15.0f} "
             f"{per_cpu:12.0f}", flush=True)
     profile = frame_profile(source)

@@ -137,3 +137,13 @@ def test_png_frames_are_box_reduced_before_resampling():
   out = augment.render(_encode(frame), augment.Params(angle=10.0), 112)
   assert abs(float(out[30:80, 30:80].mean()) - 0.5) < 0.05
   assert out[30:80, 30:80].std() < 0.1
+
+
+def test_rotation_step_gives_exact_quarter_turns():
+  config = augment.AugmentConfig(rotation_step=90.0)
+  rng = np.random.default_rng(0)
+  assert {augment.draw(rng, config).angle for _ in range(100)} == {-180.0, -90.0, 0.0, 90.0, 180.0}
+  data = _encode(_gradient())
+  plain = augment.render(data, augment.Params(), 24)
+  np.testing.assert_array_equal(augment.render(data, augment.Params(angle=90.0), 24), np.rot90(plain))
+  np.testing.assert_array_equal(augment.render(data, augment.Params(angle=-180.0), 24), np.rot90(plain, 2))

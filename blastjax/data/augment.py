@@ -9,8 +9,9 @@ Spatial crops (Hara et al., "good practice" for 3D CNNs), a square of side
   random      random position at `random_scale` (Hara's "spatial random": scale 1).
   multiscale  random position, scale drawn from `scales` (1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2).
   corner      one of the 4 corners or the centre, scale drawn from `scales`.
-Then rotation (uniform in +-rotation_degrees; embryos have no preferred orientation,
-corners filled with the frame's mean), horizontal flip, brightness and contrast
+Then rotation (uniform in +-rotation_degrees, or on multiples of rotation_step;
+embryos have no preferred orientation; corners filled with the frame's mean; multiples
+of 90 degrees are exact and cost nothing), horizontal flip, brightness and contrast
 jitter (torchvision ColorJitter: brightness multiplies, contrast blends with the frame
 mean; factors uniform in [1-b, 1+b]).
 
@@ -51,6 +52,7 @@ class AugmentConfig:
   scales: tuple = HARA_SCALES          # crop scales for 'multiscale' and 'corner'
   center_scale: float = 1.0            # crop side / short side without augmentation
   rotation_degrees: float = 180.0      # rotation uniform in [-r, r]; 0 disables
+  rotation_step: float = 0.0           # >0: angles on multiples of this (90: dihedral, fast)
   hflip_prob: float = 0.5
   vflip_prob: float = 0.0
   brightness: float = 0.2              # factor uniform in [1-b, 1+b]
@@ -67,6 +69,9 @@ class AugmentConfig:
     for name in ("hflip_prob", "vflip_prob"):
       if not 0 <= getattr(self, name) <= 1:
         raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in [0, 1]")
+    if self.rotation_degrees < 0 or self.rotation_step < 0:
+      raise ValueError(f"augment_config.rotation_degrees={self.rotation_degrees}, rotation_step="
+                       f"{self.rotation_step}: must be >= 0")
     for name in ("brightness", "contrast"):
       if not 0 <= getattr(self, name) < 1:
         raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in [0, 1)")
@@ -116,7 +121,11 @@ def draw(rng: Optional[np.random.Generator], config: AugmentConfig) -> Params:
       offset = (float(rng.random()), float(rng.random()))
     else:
       offset = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)][int(rng.integers(5))]
-  angle = float(rng.uniform(-config.rotation_degrees, config.rotation_degrees))
+  if config.rotation_step > 0:
+    steps = int(config.rotation_degrees // config.rotation_step)
+    angle = float(config.rotation_step * rng.integers(-steps, steps + 1))
+  else:
+    angle = float(rng.uniform(-config.rotation_degrees, config.rotation_degrees))
   return Params(scale=scale, offset=offset, angle=angle,
                 hflip=bool(rng.random() < config.hflip_prob),
                 vflip=bool(rng.random() < config.vflip_prob),
@@ -176,12 +185,16 @@ def render(data: bytes, params: Params, image_size: int, colour: bool = True) ->
   if reduction >= 2:
     image = image.reduce(reduction)
     left, top, side = left / reduction, top / reduction, side / reduction
-  if params.angle:
+  quarter_turns = params.angle / 90.0
+  exact_quarters = quarter_turns == round(quarter_turns)
+  if not exact_quarters:
     image = _rotated_crop(image, (left, top, side), params.angle, image_size)
   else:
     image = image.resize((image_size, image_size), Image.BILINEAR,
                          box=(left, top, left + side, top + side))
   array = np.asarray(image, np.float32) * np.float32(1.0 / white)
+  if exact_quarters and round(quarter_turns) % 4:
+    array = np.rot90(array, int(round(quarter_turns)))
   if params.hflip:
     array = array[:, ::-1]
   if params.vflip:
