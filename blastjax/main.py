@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 MODES = ("train", "evaluate", "cross_validation")
@@ -129,6 +129,8 @@ def main(argv) -> None:
   config = _CONFIG.value
   if config is None and _MODE.value != "evaluate":
     fail("--config is required (e.g. --config configs/r2p1d.py:smoke)", 2)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   from blastjax import checkpoint, train
 
   try:

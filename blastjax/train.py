@@ -132,7 +132,7 @@ def class_weight_vector(config, train_labels) -> np.ndarray:
 
 def init_state(model, tx, variables: dict, seed: int) -> dict:
   """The train state: a plain dict (checkpointed as is)."""
-  return {"step": np.int32(0), "params": variables["params"],
+  return {"step": np.asarray(0, np.int32), "params": variables["params"],
           "batch_stats": variables.get("batch_stats", {}),
           "opt_state": tx.init(variables["params"]),
           "rng": np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)))}
@@ -271,7 +271,8 @@ class Runner:
 
   def host_state(self, state):
     if self.parallel == "pmap":
-      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), state)
+      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x[0])
+                          .reshape(x.shape[1:]), state)
     return ckpt_lib.to_numpy_tree(state)
 
   def train_step(self, state, batch):
@@ -602,6 +603,13 @@ def train(config, workdir: str, data: Data, log: Callable[[str], None] = print) 
 
   def save(step, evaluated):
     host = built.runner.host_state(state)
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(host["params"])
+           if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all()]
+    if bad:
+      raise NonFiniteLossError(
+          f"step {step}: parameters became NaN or infinite ({', '.join(bad[:3])}); not saved. The last "
+          f"good checkpoint is step {checkpoints.latest_step()} in {workdir}/checkpoints. Lower "
+          "learning_rate or set grad_clip_norm")
     if evaluated is not None and (best["value"] is None or evaluated > best["value"]):
       best.update(value=float(evaluated), step=step)
       checkpoints.save_best(step, host, {"step": step, "value": float(evaluated)})

@@ -87,3 +87,40 @@ def tiny_config(model="tiny_video", **overrides):
   c.progress = False
   c.update(overrides)
   return c
+
+
+def build_small_dataset(data_dir: str) -> str:
+  """Builds the small synthetic dataset of the tests into `data_dir` (seconds)."""
+  from blastjax.data import dataset
+
+  dataset.ensure_built("synthetic", data_dir, verbose=False, **SMALL_DATASET)
+  return data_dir
+
+
+def write_config_file(path: str, model: str = "tiny_video", **overrides) -> str:
+  """A config file for blastjax.main that returns tiny_config(model, **overrides)."""
+  with open(path, "w") as f:
+    f.write("import sys\n"
+            f"sys.path.insert(0, {HERE!r})\n"
+            "import train_helpers\n\n\n"
+            "def get_config(arg=None):\n"
+            f"  return train_helpers.tiny_config({model!r}, **{overrides!r})\n")
+  return path
+
+
+def main_command(*args) -> list:
+  """The command line of `python -m blastjax.main` with the tiny models registered."""
+  import sys
+
+  script = (f"import sys; sys.path.insert(0, {HERE!r}); import train_helpers; "
+            "from blastjax import main; sys.argv[0] = 'blastjax.main'; main.entry()")
+  return [sys.executable, "-c", script, *args]
+
+
+def subprocess_env(devices: int = 1) -> dict:
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  return env
