@@ -127,7 +127,9 @@ def convert(state_dict: Mapping[str, Any], template: Mapping[str, Any],
 def variable_shapes(module, *example_inputs, **apply_kwargs) -> dict:
   """Shapes of `module`'s variables without computing anything (jax.eval_shape)."""
   rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
-  return jax.eval_shape(lambda: module.init(rngs, *example_inputs, **apply_kwargs))
+  inputs = [jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.float32))
+            for x in example_inputs]
+  return jax.eval_shape(lambda *xs: module.init(rngs, *xs, **apply_kwargs), *inputs)
 
 
 def from_torch(name: str, state_dict: Mapping[str, Any], *, example_input=None,

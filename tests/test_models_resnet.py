@@ -1,0 +1,192 @@
+"""ResNet family: parity with torchvision, parameter counts, a train step, reuse hooks.
+
+Each model is compiled twice (eval on the parity input, one AdamW step on a tiny batch),
+with XLA's cheapest optimisation level: the CPU compile is shorter, numerics unchanged.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torchvision
+
+from blastjax import models, weights
+from blastjax.models import resnet
+
+NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+         "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
+ODD_INPUT = (1, 67, 75, 3)  # H and W not multiples of 32.
+TRAIN_INPUT = (2, 64, 64, 3)  # layer4 is 2x2: batch statistics over 8 values.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def torch_model(name, seed=0, **kwargs):
+  """torchvision's `name` with 2 classes, seeded, BN running stats randomised, eval mode."""
+  torch.manual_seed(seed)
+  model = getattr(torchvision.models, name)(num_classes=2, **kwargs)
+  generator = torch.Generator().manual_seed(seed + 1)
+  for module in model.modules():
+    if isinstance(module, torch.nn.BatchNorm2d):
+      shape = module.running_mean.shape
+      module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
+      module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+      module.bias.data.copy_(0.1 * torch.randn(shape, generator=generator))
+  return model.eval()
+
+
+def torch_logits(model, x_nhwc):
+  with torch.no_grad():
+    return model(torch.from_numpy(np.transpose(x_nhwc, (0, 3, 1, 2)))).numpy()
+
+
+def assert_parity(ours, reference):
+  tolerance = 1e-4 * max(1.0, float(np.abs(reference).max()))
+  np.testing.assert_allclose(np.asarray(ours), reference, rtol=0, atol=tolerance)
+
+
+def make_train_step(model, tx, x, labels):
+  """A jitted AdamW step: softmax cross-entropy, mutable batch_stats, a dropout rng."""
+
+  def step(params, batch_stats, opt_state, rng):
+    def loss_fn(p):
+      logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                    mutable=["batch_stats"], rngs={"dropout": rng})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, updates["batch_stats"]
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+  return jax.jit(step)
+
+
+def train_losses(model, variables, steps=4):
+  """Losses of `steps` AdamW steps on one tiny fixed batch."""
+  x = np.random.default_rng(0).standard_normal(TRAIN_INPUT).astype(np.float32)
+  labels = np.array([0, 1])
+  tx = optax.adamw(1e-4, weight_decay=1e-5)
+  params, stats = variables["params"], variables["batch_stats"]
+  opt_state = tx.init(params)
+  step = make_train_step(model, tx, x, labels)
+  step = step.lower(params, stats, opt_state, jax.random.PRNGKey(0)).compile(
+      compiler_options=FAST_COMPILE)
+  losses = []
+  for i in range(steps):
+    params, stats, opt_state, loss = step(params, stats, opt_state, jax.random.PRNGKey(i))
+    losses.append(float(loss))
+  return losses
+
+
+def convert_case(name):
+  """A seeded torchvision model converted; its logits on the odd input and its size."""
+  x = np.random.default_rng(0).standard_normal(ODD_INPUT).astype(np.float32)
+  reference_model = torch_model(name)
+  return dict(x=x, reference=torch_logits(reference_model, x),
+              torch_params=sum(p.numel() for p in reference_model.parameters()),
+              variables=weights.from_torch(name, reference_model.state_dict()))
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def case(request):
+  return request.param, convert_case(request.param)
+
+
+def test_parity_on_odd_input(case):
+  name, result = case
+  ours = jax.jit(models.create(name).apply).lower(result["variables"], result["x"]).compile(
+      compiler_options=FAST_COMPILE)(result["variables"], result["x"])
+  assert_parity(ours, result["reference"])
+
+
+def test_parameter_count_equals_torchvision(case):
+  _, result = case
+  ours = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(result["variables"]["params"]))
+  assert ours == result["torch_params"]
+
+
+def test_train_steps_lower_the_loss(case):
+  name, result = case
+  losses = train_losses(models.create(name), result["variables"])
+  assert all(np.isfinite(losses)), losses
+  assert losses[-1] < losses[0], losses
+
+
+def test_parity_at_paper_size_400():
+  x = np.random.default_rng(1).standard_normal((1, 400, 400, 3)).astype(np.float32)
+  reference_model = torch_model("resnet18", seed=3)
+  variables = weights.from_torch("resnet18", reference_model.state_dict())
+  ours = jax.jit(models.create("resnet18").apply)(variables, x)
+  assert_parity(ours, torch_logits(reference_model, x))
+
+
+def test_zero_init_residual_zeroes_last_bn_scales():
+  model = models.create("resnet18", zero_init_residual=True)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
+  params = variables["params"]
+  assert not np.any(params["layer1_0"]["bn2"]["scale"])
+  assert np.all(params["layer1_0"]["bn1"]["scale"] == 1)
+  assert np.all(models.create("resnet18").init(
+      jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))["params"]["layer1_0"]["bn2"]["scale"] == 1)
+
+
+def test_block_input_transform_matches_torch_pre_hook_on_conv1():
+  """The transform reaches the residual branch only, like a hook before each block's conv1."""
+  reference_model = torch_model("resnet18", seed=5)
+  for module in reference_model.modules():
+    if isinstance(module, torchvision.models.resnet.BasicBlock):
+      module.conv1.register_forward_pre_hook(lambda _, args: (torch.roll(args[0], 1, dims=1),))
+  x = np.random.default_rng(2).standard_normal(ODD_INPUT).astype(np.float32)
+  variables = weights.from_torch("resnet18", reference_model.state_dict())
+  model = models.create("resnet18", block_input_transform=lambda y: jnp.roll(y, 1, axis=-1))
+  assert_parity(model.apply(variables, x), torch_logits(reference_model, x))
+
+
+def test_feature_map_and_split_stages_equal_the_whole_network():
+  reference_model = torch_model("resnet18", seed=7)
+  x = np.random.default_rng(3).standard_normal(ODD_INPUT).astype(np.float32)
+  variables = weights.from_torch("resnet18", reference_model.state_dict())
+  full = models.create("resnet18")
+  feature_map = full.apply(variables, x, return_feature_map=True)
+  with torch.no_grad():
+    body = torch.nn.Sequential(*list(reference_model.children())[:-2])
+    expected = body(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)))).numpy()
+  assert_parity(feature_map, np.transpose(expected, (0, 2, 3, 1)))
+
+  front = models.create("resnet18", stages=(0, 1))
+  back = models.create("resnet18", include_stem=False, stages=(1, 4))
+  front_vars = weights.variable_shapes(front, x)
+  mid = front.apply(_take(variables, front_vars), x)
+  assert mid.shape == (1, 17, 19, 64)
+  logits = back.apply(_take(variables, weights.variable_shapes(back, mid)), mid)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(full.apply(variables, x)), atol=1e-5)
+
+
+def _take(variables, shapes):
+  """The sub-tree of `variables` with the top-level module names of `shapes`."""
+  return {col: {k: variables[col][k] for k in tree} for col, tree in shapes.items()}
+
+
+def test_prefixed_key_map_for_an_embedded_resnet():
+  key_map = resnet.prefixed(resnet.resnet_key_map, "encoder", "base_model")
+  assert key_map("params", ("encoder", "layer2_0", "downsample_0", "kernel")) == \
+      "base_model.layer2.0.downsample.0.weight"
+  assert key_map("batch_stats", ("encoder", "bn1", "var")) == "base_model.bn1.running_var"
+  assert resnet.prefixed(resnet.resnet_key_map, ("a", "b"))("params", ("a", "b", "fc", "bias")) == "fc.bias"
+  with pytest.raises(ValueError, match="not under encoder"):
+    key_map("params", ("decoder", "fc", "bias"))
+
+
+def test_configs_and_errors():
+  assert set(resnet.RESNET_CONFIGS) == set(NAMES)
+  assert resnet.RESNET_CONFIGS["resnext50_32x4d"]["groups"] == 32
+  with pytest.raises(ValueError, match="stages"):
+    models.create("resnet18", stages=(2, 1)).init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="in_channels=1"):
+    models.create("resnet18", in_channels=1).init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)))
+  features = models.create("resnet50", num_classes=0)
+  shapes = jax.eval_shape(features.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  out = jax.eval_shape(features.apply, shapes, jnp.zeros((1, 32, 32, 3)))
+  assert out.shape == (1, 2048)
