@@ -48,6 +48,10 @@ NORMALIZATIONS = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),                   # [0, 1]
 }
 _MAX_WINDOWS = 10000
+# Raw records (every frame of every plane, encoded: up to a few hundred MB for a long
+# EmbryoScope sequence with many planes) read ahead per process/worker by grain's
+# reader threads; decoding, not reading, is the bottleneck.
+_READ_AHEAD = 4
 _HOLE = "_hole"
 
 
@@ -399,7 +403,7 @@ def make_loader(source, *, indices=None, sampling: str = "uniform", num_frames: 
       data_source=_Subset(source, indices), sampler=sampler, operations=operations,
       worker_count=worker_count, worker_buffer_size=max(1, prefetch),
       shard_options=grain.NoSharding(),
-      read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(2, batch_size)))
+      read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=_READ_AHEAD))
 
 
 def _ensure_flags_parsed():
