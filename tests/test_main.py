@@ -1,0 +1,88 @@
+"""The entry point: config errors (one line, non-zero exit, nothing written), evaluate
+mode on an existing workdir, patient-grouped cross-validation."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import train_helpers as th
+from blastjax import main, train
+from blastjax.data import splits
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return th.build_small_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model=no_such_model", "error: config.model: unknown model 'no_such_model'"),
+    ("--config.no_such_field=1", "error: --config.no_such_field=1: config field 'no_such_field' is unknown"),
+])
+def test_config_errors_are_one_line_and_write_nothing(tmp_path, override, message):
+  workdir = tmp_path / "run"
+  command = th.main_command("--config", os.path.join(th.REPO, "configs", "resnet18.py:smoke"), override,
+                            "--workdir", str(workdir))
+  done = subprocess.run(command, env=th.subprocess_env(), capture_output=True, text=True, timeout=300,
+                        cwd=th.REPO)
+  assert done.returncode == 2
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith(message), done.stderr[-2000:]
+  assert not workdir.exists()
+
+
+def test_preflight_names_each_problem():
+  config = th.tiny_config("tiny_video", batch_size=6, image_size=4, sampling="last_frame", dataset="nope")
+  with pytest.raises(main.UsageError) as error:
+    main.preflight(config)
+  lines = str(error.value).splitlines()
+  assert any("batch_size=6 is not divisible by the 4 devices" in line for line in lines)
+  assert any("image_size=4" in line and "at least 8" in line for line in lines)
+  assert any("sampling='last_frame'" in line for line in lines)
+  config = th.tiny_config("tiny_video", dataset="nope")
+  with pytest.raises(main.UsageError, match="config.dataset='nope'"):
+    main.preflight(config)
+
+
+def test_train_then_evaluate_mode_reproduces_metrics(tmp_path, data_dir):
+  config = th.tiny_config("tiny_video", data_dir=data_dir, num_steps=6, eval_every_steps=3)
+  workdir = str(tmp_path / "run")
+  main.run(config, workdir, "train")
+  for name in ("config.json", "metrics.json", "predictions.csv", "roc.png", "early_prediction.png",
+               "metrics.jsonl"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    trained = json.load(f)
+  assert trained["early_prediction"]["hours"] == [40.0, 80.0]
+  with open(os.path.join(workdir, "predictions.csv")) as f:
+    header = f.readline().strip().split(",")
+  assert header[:5] == ["embryo_id", "patient_id", "label", "prob_blast", "predicted"]
+  assert "prob_blast_40h" in header
+  os.remove(os.path.join(workdir, "metrics.json"))
+  main.run(main.load_workdir_config(workdir), workdir, "evaluate")
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    evaluated = json.load(f)
+  assert evaluated == trained
+
+
+def test_cross_validation_groups_patients(tmp_path, data_dir):
+  config = th.tiny_config("tiny_image", data_dir=data_dir, num_steps=2, num_folds=2, early_hours=(),
+                          validation_fraction=0.0)
+  workdir = str(tmp_path / "cv")
+  summary = train.cross_validate(config, workdir, log=lambda _: None)
+  assert summary["num_folds"] == 2
+  assert len(summary["accuracy"]["values"]) == 2
+  assert np.isclose(summary["accuracy"]["mean"], np.mean(summary["accuracy"]["values"]))
+  import csv
+  with open(os.path.join(workdir, "predictions.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 32 and {r["fold"] for r in rows} == {"0", "1"}
+  by_patient = {}
+  for row in rows:
+    by_patient.setdefault(row["patient_id"], set()).add(row["fold"])
+  assert all(len(folds) == 1 for folds in by_patient.values())
+  assert os.path.exists(os.path.join(workdir, "fold_1", "metrics.json"))
