@@ -511,7 +511,8 @@ def build(config, data: Data, sample_batch: dict, total_steps: int, epoch_steps:
   model = models.create(config.model, num_classes=2, **kwargs)
   x, mask = model_inputs({k: v[0, :1] for k, v in sample_batch.items()}, spec.input_kind)
   key = jax.random.PRNGKey(config.seed)
-  variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False, mask=mask))(key)
+  # Eager init: compiling the whole init graph of a large 3D network costs minutes on CPU.
+  variables = model.init({"params": key, "dropout": key}, x, train=False, mask=mask)
   variables = jax.tree.map(np.asarray, dict(variables))
   if config.init_from:
     from blastjax import weights

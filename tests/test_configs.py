@@ -1,0 +1,85 @@
+"""Every config in configs/: loads, follows the paper's Table 2, validates, and (slow)
+trains its :smoke variant for a step at tiny sizes."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+import train_helpers as th
+from blastjax import config_validation, models, train
+
+CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(th.REPO, "configs", "*.py"))
+                      if not p.endswith("common.py"))
+# The paper's Tables 3 and 4, plus AMSNet and the seizure-style feature LSTM.
+EXPECTED = {"resnet18", "resnet50", "resnet101", "resnet152", "resnext50", "resnext101", "wide_resnet50",
+            "wide_resnet101", "densenet121", "densenet169", "inception_v3", "mobilenet_v3", "vit_b_16",
+            "vit_l_16", "resnet_lstm", "resnet_gru", "i3d", "r3d", "mc", "r2p1d", "mfnet", "amsnet",
+            "feature_lstm"}
+# Models that read cached features are trained through the feature cache, not this trainer.
+FEATURE_MODELS = {"feature_lstm"}
+
+
+def _config(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_one_config_per_model():
+  assert set(CONFIG_FILES) == EXPECTED
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_paper_defaults_and_validation(name):
+  config = _config(name)
+  spec = models.get_spec(config.model)
+  assert (config.learning_rate, config.weight_decay) == (1e-3, 1e-5 if name not in FEATURE_MODELS else 0.0)
+  if spec.input_kind == "image":
+    assert (config.batch_size, config.image_size, config.num_epochs, config.sampling) == (32, 400, 500, "last_frame")
+  else:
+    assert (config.batch_size, config.image_size, config.num_epochs) == (16, 224, 100)
+    assert config.num_frames == (28 if name == "amsnet" else 32)
+  assert config.split == "paper" and config.dataset == "synthetic"
+  for variant in (None, "smoke"):
+    problems = config_validation.validate(_config(name, variant), num_devices=4)
+    if config.model in FEATURE_MODELS:
+      assert len(problems) == 1 and "feature-cache pipeline" in problems[0]
+    else:
+      assert problems == [], problems
+  smoke = _config(name, "smoke")
+  assert smoke.num_steps <= 300 and smoke.image_size <= 112 and smoke.num_frames <= 8
+  with pytest.raises(ValueError, match="config argument 'huge' unknown"):
+    _config(name, "huge")
+
+
+def test_validation_lists_every_problem():
+  config = th.tiny_config("tiny_image", learning_rate=-1.0, dtype="float16", parallel="mpi",
+                          class_weights="heavy", schedule="linear")
+  problems = config_validation.validate(config, num_devices=4)
+  for fragment in ("learning_rate=-1.0", "dtype='float16'", "parallel='mpi'", "class_weights='heavy'",
+                   "schedule='linear'"):
+    assert sum(fragment in p for p in problems) == 1, (fragment, problems)
+  import ml_collections
+  config = ml_collections.ConfigDict({**th.tiny_config("tiny_image").to_dict(), "batch_size": "8"})
+  assert config_validation.validate(config) == ["config.batch_size='8': expected int, got str"]
+
+
+# Too large for a CPU test even at tiny sizes (parameters + Adam state over 1.5 GB).
+HEAVY = {"vit_l_16", "wide_resnet101", "resnext101"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in CONFIG_FILES if n not in FEATURE_MODELS | HEAVY])
+def test_smoke_variant_trains_a_step(name, tmp_path_factory):
+  data_dir = th.build_small_dataset(str(tmp_path_factory.getbasetemp() / "configs_data"))
+  config = _config(name, "smoke")
+  spec = models.get_spec(config.model)
+  config.unlock()
+  config.update(dataset_options=dict(th.SMALL_DATASET), data_dir=data_dir, num_steps=1, batch_size=4,
+                eval_batch_size=4, image_size=max(spec.min_image_size, 32), validation_fraction=0.0,
+                early_hours=(), progress=False, num_frames=min(config.num_frames, 4))
+  if config.clip_length:
+    config.clip_length = config.num_frames
+  assert config_validation.validate(config, 4) == []
+  result = train.train_and_evaluate(config, str(tmp_path_factory.mktemp(name)), log=lambda _: None)
+  assert result["step"] == 1 and 0.0 <= result["accuracy"] <= 1.0
