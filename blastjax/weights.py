@@ -11,7 +11,9 @@ tensors are converted with `.detach().cpu().numpy()` when present.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+import json
+import os
+from typing import Any, Callable, Collection, Mapping, Optional
 
 import jax
 import numpy as np
@@ -74,17 +76,22 @@ def convert(state_dict: Mapping[str, Any], template: Mapping[str, Any],
             key_map: Callable[[str, tuple], str], *,
             adapt_channels: bool = False,
             transforms: Optional[Mapping[str, Callable[[np.ndarray], np.ndarray]]] = None,
+            skip_keys: Collection[str] = (),
             ) -> dict:
   """Fills the variable tree `template` (shapes only) from a torch `state_dict`.
 
   key_map(collection, path) gives the torch key of the Flax variable at `path`
   (a tuple of module names ending with the leaf name). `transforms` maps a torch key to
   a function applied after the layout change (for the few tensors a rule cannot cover,
-  e.g. a fused attention projection). Raises `ConversionError` naming every missing,
+  e.g. a fused attention projection). Torch keys in `skip_keys` are ignored: the Flax
+  variables they map to are left out of the result (for fresh initialisation) and the
+  keys are not reported as unexpected. Raises `ConversionError` naming every missing,
   unexpected and mis-shaped key.
   """
   transforms = dict(transforms or {})
-  state = {k: v for k, v in state_dict.items() if not k.endswith(IGNORED_TORCH_SUFFIXES)}
+  skip_keys = set(skip_keys)
+  state = {k: v for k, v in state_dict.items()
+           if not k.endswith(IGNORED_TORCH_SUFFIXES) and k not in skip_keys}
   used: set[str] = set()
   missing, mismatched = [], []
   out: dict = {}
@@ -93,6 +100,8 @@ def convert(state_dict: Mapping[str, Any], template: Mapping[str, Any],
     converted = {}
     for path, target in flat.items():
       key = key_map(collection, path)
+      if key in skip_keys:
+        continue
       if key not in state:
         missing.append(f"{key} (for {collection}/{'/'.join(path)})")
         continue
@@ -133,12 +142,17 @@ def variable_shapes(module, *example_inputs, **apply_kwargs) -> dict:
 
 
 def from_torch(name: str, state_dict: Mapping[str, Any], *, example_input=None,
-               adapt_channels: bool = False, **model_kwargs) -> dict:
+               adapt_channels: bool = False, drop_head: bool = False,
+               skip_keys: Collection[str] = (), **model_kwargs) -> dict:
   """Converts the torch `state_dict` of model `name` to Flax variables.
 
   Returns `{'params': ..., 'batch_stats': ...}` (only the collections the model has),
   for `blastjax.models.create(name, **model_kwargs)`. With `adapt_channels=True` a
   pretrained RGB stem is adapted to `in_channels` (sum for 1, spread for N).
+  `drop_head=True` ignores the checkpoint's classifier (e.g. ImageNet's 1000 classes
+  for a 2-class model): the head's leaves are absent from the result and keep their
+  fresh initialisation when merged (`merge_variables`, or the training system's
+  `config.init_from`). `skip_keys` ignores further torch keys the same way.
   `example_input` (an array or ShapeDtypeStruct) overrides the model's default dummy
   input for shape inference.
   """
@@ -149,11 +163,104 @@ def from_torch(name: str, state_dict: Mapping[str, Any], *, example_input=None,
   if example_input is None:
     example_input = dummy_input(spec, model_kwargs)
   template = variable_shapes(module, example_input, train=False)
+  skip_keys = set(skip_keys)
+  if drop_head:
+    skip_keys |= head_keys(name, example_input, **model_kwargs)
   transforms = getattr(spec.torch_key_map, "transforms", None)
   if callable(transforms):
     transforms = transforms(template)
-  return convert(state_dict, template, spec.torch_key_map,
-                 adapt_channels=adapt_channels, transforms=transforms)
+  return convert(state_dict, template, spec.torch_key_map, adapt_channels=adapt_channels,
+                 transforms=transforms, skip_keys=skip_keys)
+
+
+def head_keys(name: str, example_input, **model_kwargs) -> set:
+  """The torch keys of model `name`'s classifier: the variables whose shape follows num_classes.
+
+  Found by comparing the variable shapes of the model built with 2 and with 3 classes,
+  so it needs no per-model list.
+  """
+  spec = registry.get_spec(name)
+  shapes = {}
+  for num_classes in (2, 3):
+    kwargs = {**model_kwargs, "num_classes": num_classes}
+    tree = variable_shapes(registry.create(name, **kwargs), example_input, train=False)
+    shapes[num_classes] = {(collection, path): leaf.shape for collection, sub in tree.items()
+                           for path, leaf in traverse_util.flatten_dict(sub).items()}
+  return {spec.torch_key_map(collection, path)
+          for (collection, path), shape in shapes[2].items()
+          if shapes[3].get((collection, path)) != shape}
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict:
+  """The state_dict inside a torch checkpoint: `{'state_dict': sd}` and `{'model': sd}`
+  wrappers are opened and DataParallel's `module.` prefix is removed."""
+  for wrapper in ("state_dict", "model"):
+    if isinstance(checkpoint.get(wrapper), Mapping):
+      checkpoint = checkpoint[wrapper]
+      break
+  if not all(isinstance(k, str) for k in checkpoint):
+    raise ConversionError("the checkpoint is not a state_dict (its keys are not all strings); "
+                          "expected a dict of tensors or {'state_dict': ...} / {'model': ...}")
+  if checkpoint and all(k.startswith("module.") for k in checkpoint):
+    checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
+  return dict(checkpoint)
+
+
+def merge_variables(fresh: Mapping[str, Any], loaded: Mapping[str, Any]) -> dict:
+  """`fresh` (from `model.init`) with every leaf of `loaded` put in its place.
+
+  Leaves absent from `loaded` (a dropped head) keep their fresh values. A loaded leaf
+  the model does not have, or of another shape, is an error naming it.
+  """
+  flat = traverse_util.flatten_dict({k: dict(v) for k, v in fresh.items()})
+  source = traverse_util.flatten_dict({k: dict(v) for k, v in loaded.items()})
+  unknown = [("/".join(k), v.shape) for k, v in source.items()
+             if k not in flat or tuple(flat[k].shape) != tuple(v.shape)]
+  if unknown:
+    raise ConversionError(f"loaded variables that the model lacks or has in another shape: "
+                          f"{unknown[:20]}; were they converted for another model or kwargs?")
+  flat.update({k: np.asarray(v, flat[k].dtype) for k, v in source.items()})
+  return traverse_util.unflatten_dict(flat)
+
+
+_META_FILE = "meta.json"
+_VARIABLES_DIR = "variables"
+
+
+def save_variables(path: str, variables: Mapping[str, Any], meta: Mapping[str, Any],
+                   overwrite: bool = False) -> None:
+  """Saves `variables` under directory `path` with orbax, and `meta` as `path/meta.json`.
+
+  `meta` should name the model, its kwargs and the source checkpoint (JSON values only).
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  target = os.path.join(path, _VARIABLES_DIR)
+  if os.path.exists(target) and not overwrite:
+    raise FileExistsError(f"{target} exists; choose another output directory or pass overwrite=True")
+  os.makedirs(path, exist_ok=True)
+  tree = jax.tree_util.tree_map(np.asarray, {k: dict(v) for k, v in variables.items()})
+  ocp.PyTreeCheckpointer().save(target, tree, force=overwrite)
+  with open(os.path.join(path, _META_FILE), "w") as f:
+    json.dump(dict(meta), f, indent=2, sort_keys=True)
+
+
+def load_variables(path: str) -> tuple[dict, dict]:
+  """Reads what `save_variables` wrote: `(variables, meta)`, variables as numpy arrays."""
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  target = os.path.join(path, _VARIABLES_DIR)
+  meta_file = os.path.join(path, _META_FILE)
+  if not os.path.isdir(target) or not os.path.isfile(meta_file):
+    raise FileNotFoundError(f"{path} is not a directory written by blastjax.weights.save_variables "
+                            f"(expected {_VARIABLES_DIR}/ and {_META_FILE} in it); create one with "
+                            "scripts/convert_weights.py")
+  variables = ocp.PyTreeCheckpointer().restore(target)
+  with open(meta_file) as f:
+    meta = json.load(f)
+  return jax.tree_util.tree_map(np.asarray, variables), meta
 
 
 def dummy_input(spec: "registry.ModelSpec", model_kwargs: Mapping[str, Any]):
