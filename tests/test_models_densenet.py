@@ -1,0 +1,68 @@
+"""DenseNet: parity with torchvision, parameter counts, a train step, key names."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blastjax import models, weights
+from blastjax.models import densenet
+from test_models_resnet import (FAST_COMPILE, assert_parity, convert_case, torch_logits,
+                                torch_model, train_losses)
+
+NAMES = ["densenet121", "densenet169", "densenet201"]
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def case(request):
+  return request.param, convert_case(request.param)
+
+
+def test_parity_on_odd_input(case):
+  name, result = case
+  ours = jax.jit(models.create(name).apply).lower(result["variables"], result["x"]).compile(
+      compiler_options=FAST_COMPILE)(result["variables"], result["x"])
+  assert_parity(ours, result["reference"])
+
+
+def test_parameter_count_equals_torchvision(case):
+  _, result = case
+  ours = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(result["variables"]["params"]))
+  assert ours == result["torch_params"]
+
+
+def test_train_steps_lower_the_loss():
+  """densenet121 only: 169 and 201 differ in block sizes alone (and in compile time)."""
+  variables = weights.from_torch("densenet121", torch_model("densenet121").state_dict())
+  losses = train_losses(models.create("densenet121"), variables)
+  assert all(np.isfinite(losses)), losses
+  assert losses[-1] < losses[0], losses
+
+
+def test_parity_at_paper_size_400():
+  x = np.random.default_rng(1).standard_normal((1, 400, 400, 3)).astype(np.float32)
+  reference_model = torch_model("densenet121", seed=3)
+  variables = weights.from_torch("densenet121", reference_model.state_dict())
+  ours = jax.jit(models.create("densenet121").apply).lower(variables, x).compile(
+      compiler_options=FAST_COMPILE)(variables, x)
+  assert_parity(ours, torch_logits(reference_model, x))
+
+
+def test_key_map_uses_torchvision_names():
+  key_map = densenet.densenet_key_map
+  assert key_map("batch_stats", ("denseblock3", "denselayer12", "norm2", "mean")) == \
+      "features.denseblock3.denselayer12.norm2.running_mean"
+  assert key_map("params", ("transition1", "conv", "kernel")) == "features.transition1.conv.weight"
+  assert key_map("params", ("norm5", "bias")) == "features.norm5.bias"
+  assert key_map("params", ("classifier", "kernel")) == "classifier.weight"
+
+
+def test_features_mode_and_dropout_rng():
+  model = models.create("densenet121", num_classes=0, drop_rate=0.5)
+  x = jnp.zeros((1, 32, 32, 3))
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                             rngs={"dropout": jax.random.PRNGKey(1)}), shapes)
+  assert out[0].shape == (1, 1024)
+  feature_map = jax.eval_shape(lambda v: model.apply(v, x, return_feature_map=True), shapes)
+  assert feature_map.shape == (1, 1, 1, 1024)
