@@ -1,5 +1,8 @@
 """AMSNet: MFS pieces, per-step output, causality of the online shift, padding, a train step."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,12 +25,11 @@ def test_channel_attention_weights_channels():
 
 def test_non_local_starts_as_identity_and_mixes_positions():
   x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 4, 4, 8)).astype(np.float32))
-  norm = lambda **kw: __import__("flax").linen.BatchNorm(use_running_average=True, **kw)
-  block = amsnet.GaussianNonLocal2D(norm=norm)
+  block = amsnet.GaussianNonLocal2D(norm=functools.partial(nn.BatchNorm, use_running_average=True))
   variables = block.init(jax.random.PRNGKey(0), x)
   np.testing.assert_allclose(np.asarray(block.apply(variables, x)), np.asarray(x), atol=1e-6)
-  params = jax.tree_util.tree_map(lambda p: p, variables["params"])
-  params["W_1"]["scale"] = jnp.ones_like(params["W_1"]["scale"])
+  params = jax.tree_util.tree_map(jnp.asarray, variables["params"])
+  params["W_1"]["scale"] = jnp.ones_like(params["W_1"]["scale"])  # Switch the block on.
   live = {**variables, "params": params}
   changed = x.at[0, 0, 0].add(3.0)
   delta = np.asarray(block.apply(live, changed) - block.apply(live, x))
