@@ -239,6 +239,7 @@ class Runner:
     if parallel == "pmap":
       self._train = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=self.devices)
       self._eval = jax.pmap(eval_step, axis_name=AXIS, devices=self.devices)
+      self._place = jax.pmap(lambda tree: tree, axis_name=AXIS, devices=self.devices)
     elif parallel == "shard_map":
       self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
       self._replicated = NamedSharding(self.mesh, P())
@@ -259,8 +260,11 @@ class Runner:
 
   def put_state(self, state):
     if self.parallel == "pmap":
-      return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(self.local_devices),) + np.shape(x)),
-                          state)
+      # Through an identity pmap, so the first step sees device arrays of the same kind
+      # as the step's own outputs (host arrays would make the second call recompile).
+      stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(self.local_devices),) + np.shape(x)),
+                             state)
+      return self._place(stacked)
     return jax.tree.map(lambda x: jax.make_array_from_callback(
         np.shape(x), self._replicated, lambda index: np.asarray(x)[index]), state)
 
@@ -486,6 +490,24 @@ def evaluate_split(runner: Runner, state, config, data: Data, indices, early: bo
   return metrics, rows, curve
 
 
+def write_data_info(workdir: str, source, data: Data) -> None:
+  """What the model was trained on (focal planes, frame size, frames per embryo), so
+  that predict can refuse input that does not match instead of answering wrongly."""
+  import io
+  from PIL import Image
+
+  example = source[int(data.train[0])]
+  width, height = Image.open(io.BytesIO(bytes(example["frames"][0, 0]))).size
+  frames = [int(source.raw(int(i))["hours"].shape[0]) for i in data.train[:64]]
+  info = {"focal_planes": [int(p) for p in np.asarray(example["focal_planes"]).reshape(-1)],
+          "frame_size": [int(width), int(height)], "min_frames": int(min(frames)),
+          "max_frames": int(max(frames)), "num_train": int(data.train.size)}
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "data_info.json.tmp"), "w") as f:
+    json.dump(info, f, indent=2)
+  os.replace(os.path.join(workdir, "data_info.json.tmp"), os.path.join(workdir, "data_info.json"))
+
+
 # ---------------------------------------------------------------------------- the loop
 
 
@@ -664,6 +686,8 @@ def train_and_evaluate(config, workdir: str, source=None, train_idx=None, test_i
 
   source = source if source is not None else open_source(config)
   data = make_data(config, source, train_idx, test_idx)
+  if jax.process_index() == 0:
+    write_data_info(workdir, source, data)
   built, final = train(config, workdir, data, log)
   state = built.runner.put_state(final)
   metrics, rows, curve = evaluate_split(built.runner, state, config, data, data.test)

@@ -1,0 +1,212 @@
+"""Blast probability of one embryo folder from disk, with a trained workdir.
+
+    python -m blastjax.predict --workdir runs/r2p1d --embryo_dir /data/E001
+
+The folder is the dataset's `folder` layout for one embryo (blastjax/data/layouts.py):
+one sub-folder per focal plane (F0, F-15, ...) of frame images named
+<frame>_<hours>h.<ext>, or <frame>.<ext> with a times.csv (frame,hours). Prints
+P(blast) with every frame, then for each hours-observed cut-off of the run's config
+(or --hours).
+
+Input that does not match the training data is refused with a clear error (focal
+planes the model needs are missing, another number of planes for models that take them
+all, no frame before a cut-off). Two adaptations are made and printed, never silent:
+frames of another size are centre-cropped and resized to the model's image size, as in
+training; fewer frames than the model takes are repeated (uniform sampling) or looped
+(clips), as the evaluation of short training embryos does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The workdir of a training run (config.json, checkpoints).")
+  flags.DEFINE_string("embryo_dir", None, "One embryo's folder (F<offset> plane sub-folders).")
+  flags.DEFINE_list("hours", None, "Hours-observed cut-offs (default: the config's early_hours).")
+  flags.DEFINE_enum("checkpoint", "", ["", "best", "last"],
+                    "Which checkpoint (default: the config's eval_checkpoint).")
+
+
+class PredictError(ValueError):
+  """The embryo cannot be predicted by this model; the message says why."""
+
+
+def read_embryo(embryo_dir: str) -> dict:
+  """The embryo folder as a dataset example (label unknown: -1)."""
+  from blastjax.data import layouts
+
+  if not os.path.isdir(embryo_dir):
+    raise PredictError(f"--embryo_dir {embryo_dir!r} is not a directory")
+  embryo_id = os.path.basename(os.path.normpath(embryo_dir))
+  try:
+    planes = layouts._folder_plane_frames(embryo_dir, embryo_id, set(layouts._plane_folders(embryo_dir)))
+    numbers = {n: p for frames in planes.values() for n, p in frames.items()}
+    hours = layouts._folder_hours(embryo_dir, embryo_id, numbers)
+    example = layouts._assemble(embryo_id, "", 0, planes, hours, "folder", None, embryo_dir)
+  except layouts.InvalidEmbryo as error:
+    raise PredictError(str(error)) from error
+  example["label"] = -1
+  return example
+
+
+def check_compatible(example: dict, config, info: dict, spec) -> list:
+  """Errors for input the model cannot take; returns the adaptations it makes."""
+  from PIL import Image
+
+  planes = [int(p) for p in example["focal_planes"]]
+  trained = info.get("focal_planes", [0])
+  if config.focal_planes == "center" and 0 not in planes:
+    raise PredictError(f"embryo {example['embryo_id']!r} has focal planes {planes} but no central plane F0, "
+                       "which this model reads")
+  if config.focal_planes in ("axis", "channels") and len(planes) != len(trained):
+    raise PredictError(f"embryo {example['embryo_id']!r} has {len(planes)} focal planes {planes}; the model was "
+                       f"trained on {len(trained)} {trained} (focal_planes={config.focal_planes!r})")
+  adaptations = []
+  if config.focal_planes in ("axis", "channels") and planes != trained:
+    adaptations.append(f"plane offsets {planes} used in place of the trained {trained} (same count, same order)")
+  width, height = Image.open(io.BytesIO(bytes(example["frames"][0, 0]))).size
+  if [width, height] != info.get("frame_size", [width, height]):
+    adaptations.append(f"frames of {width}x{height} (training data: {info['frame_size'][0]}x"
+                       f"{info['frame_size'][1]}) centre-cropped and resized to {config.image_size}")
+  return adaptations
+
+
+def frames_note(config, spec, count: int) -> str:
+  needed = config.clip_length or config.num_frames
+  if spec.input_kind != "image" and config.sampling in ("uniform", "clip") and count < needed:
+    how = "repeated" if config.sampling == "uniform" else "looped"
+    return f"only {count} frames observed; the model takes {needed}: frames {how}"
+  return ""
+
+
+class Predictor:
+  """A trained model of a workdir, applied to one embryo at a time (one device)."""
+
+  def __init__(self, workdir: str, checkpoint: str = ""):
+    import jax
+    import ml_collections
+    import orbax.checkpoint as ocp
+
+    from blastjax import models
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+      raise PredictError(f"{path} not found: --workdir must be the workdir of a training run")
+    with open(path) as f:
+      self.config = ml_collections.ConfigDict(json.load(f))
+    info_path = os.path.join(workdir, "data_info.json")
+    self.info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    self.spec = models.get_spec(self.config.model)
+    kwargs = dict(self.config.model_kwargs)
+    self.model = models.create(self.config.model, num_classes=2, **kwargs)
+    which = checkpoint or self.config.eval_checkpoint
+    directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_names=("state", "meta"))
+    step = manager.latest_step()
+    if step is None and which == "best":
+      manager.close()
+      directory = os.path.join(workdir, "checkpoints")
+      manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                      options=ocp.CheckpointManagerOptions(read_only=True),
+                                      item_names=("state", "meta"))
+      step = manager.latest_step()
+    if step is None:
+      raise PredictError(f"no complete checkpoint in {workdir}")
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    manager.close()
+    self.step = int(step)
+    self.variables = {"params": state["params"]}
+    if state.get("batch_stats"):
+      self.variables["batch_stats"] = state["batch_stats"]
+    self._apply = jax.jit(self._probs)
+
+  def _probs(self, variables, x, mask):
+    import jax
+
+    from blastjax import train
+
+    logits, _ = train.split_output(self.model.apply(variables, x, train=False,
+                                                    mask=None if self.spec.input_kind == "image" else mask))
+    logits = train.final_logits(logits, mask if self.spec.per_step else None, self.spec.per_step)
+    return jax.nn.softmax(logits.astype("float32"), axis=-1)[:, 1]
+
+  def probability(self, example: dict, observe_hours=None) -> float:
+    from blastjax import evaluate, train
+    from blastjax.data import pipeline
+
+    options = train.loader_options(self.config, train=False)
+    options["worker_count"] = 0
+    loader = pipeline.make_loader([example], indices=[0], augment=False, batch_size=1, shuffle=False,
+                                  num_epochs=1, observe_hours=observe_hours, shard_by_process=False,
+                                  **options)
+    rows, probs = [], []
+    for batch in loader:
+      probs.append(np.asarray(self._apply(self.variables, batch["image"], batch["mask"])))
+      rows.append(np.asarray(batch["example_index"]))
+    _, mean = evaluate.average_by_example(np.concatenate(rows), np.concatenate(probs))
+    return float(mean[0])
+
+
+def predict_embryo(workdir: str, embryo_dir: str, hours=None, checkpoint: str = "") -> dict:
+  """{'embryo_id', 'prob_blast', 'by_hours': {h: prob or None}, 'notes': [...]}."""
+  predictor = Predictor(workdir, checkpoint)
+  example = read_embryo(embryo_dir)
+  notes = check_compatible(example, predictor.config, predictor.info, predictor.spec)
+  hours_all = np.asarray(example["hours"])
+  note = frames_note(predictor.config, predictor.spec, hours_all.size)
+  notes += [note] if note else []
+  result = {"embryo_id": example["embryo_id"], "step": predictor.step,
+            "prob_blast": predictor.probability(example), "observed_hours": float(hours_all[-1]),
+            "by_hours": {}, "notes": notes}
+  cutoffs = hours if hours is not None else predictor.config.early_hours
+  for cutoff in sorted(float(h) for h in cutoffs):
+    count = int(np.searchsorted(hours_all, cutoff, side="right"))
+    if count == 0:
+      result["by_hours"][cutoff] = None
+      notes.append(f"{cutoff:g} h: no frame at or before it (first frame at {hours_all[0]:.2f} h)")
+      continue
+    note = frames_note(predictor.config, predictor.spec, count)
+    if note:
+      notes.append(f"{cutoff:g} h: {note}")
+    result["by_hours"][cutoff] = predictor.probability(example, observe_hours=cutoff)
+  return result
+
+
+def format_result(result: dict) -> str:
+  lines = [f"embryo {result['embryo_id']}: P(blast) = {result['prob_blast']:.4f} "
+           f"(all frames, up to {result['observed_hours']:.1f} h; checkpoint step {result['step']})"]
+  for cutoff, prob in result["by_hours"].items():
+    lines.append(f"  first {cutoff:g} h: " + ("n/a" if prob is None else f"P(blast) = {prob:.4f}"))
+  lines += [f"  note: {n}" for n in result["notes"]]
+  return "\n".join(lines)
+
+
+def main(argv) -> None:
+  del argv
+  FLAGS = flags.FLAGS
+  if not FLAGS.workdir or not FLAGS.embryo_dir:
+    print("error: --workdir and --embryo_dir are required", file=sys.stderr)
+    sys.exit(2)
+  hours = [float(h) for h in FLAGS.hours] if FLAGS.hours else None
+  try:
+    print(format_result(predict_embryo(FLAGS.workdir, FLAGS.embryo_dir, hours, FLAGS.checkpoint)))
+  except PredictError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def entry() -> None:
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  entry()
