@@ -56,6 +56,8 @@ def initialize_distributed(config) -> None:
     kwargs["num_processes"] = _NUM_PROCESSES.value
   if _PROCESS_ID.value >= 0:
     kwargs["process_id"] = _PROCESS_ID.value
+  # Cross-process collectives between CPU devices (tests, CPU clusters) need gloo.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
 
 

@@ -553,6 +553,16 @@ def build(config, data: Data, sample_batch: dict, total_steps: int, epoch_steps:
   return Built(model, spec, runner, init_state(model, tx, variables, config.seed), tx)
 
 
+def parameter_checksum(params) -> str:
+  """sha256 of every parameter's bytes, in tree order (compares processes and runs)."""
+  import hashlib
+
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()[:16]
+
+
 def total_steps(config, epoch_steps: int) -> int:
   return config.num_steps if config.num_steps > 0 else config.num_epochs * epoch_steps
 
@@ -689,6 +699,7 @@ def train_and_evaluate(config, workdir: str, source=None, train_idx=None, test_i
   if jax.process_index() == 0:
     write_data_info(workdir, source, data)
   built, final = train(config, workdir, data, log)
+  log(f"process {jax.process_index()}: parameter checksum {parameter_checksum(final['params'])}")
   state = built.runner.put_state(final)
   metrics, rows, curve = evaluate_split(built.runner, state, config, data, data.test)
   metrics["step"] = int(final["step"])
