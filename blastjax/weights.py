@@ -5,8 +5,15 @@ variable; this module does the rest in one place: layout transforms (OIHW -> HWI
 [out, in] -> [in, out], ...), strict key and shape checks, and the optional adaptation
 of a pretrained RGB stem to another number of input channels.
 
-torch is never imported here: a state_dict may hold torch tensors or numpy arrays, and
-tensors are converted with `.detach().cpu().numpy()` when present.
+Converted variables are stored with `save_variables(dir, variables, meta)` (orbax, plus a
+`meta.json` naming the model, its kwargs and the source checkpoint) and read back with
+`load_variables(dir) -> (variables, meta)`, which the training system's `config.init_from`
+calls; `scripts/convert_weights.py` is the command line for the whole path. With
+`from_torch(..., drop_head=True)` the classifier is left out, and merging into a fresh
+`model.init` (`merge_variables`, or `init_from`) keeps the fresh head.
+
+torch and orbax are never imported at module level: a state_dict may hold torch tensors
+or numpy arrays, and tensors are converted with `.detach().cpu().numpy()` when present.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """ResNet family: parity with torchvision, parameter counts, a train step, reuse hooks.
 
-Each model is compiled twice (eval on the parity input, one AdamW step on a tiny batch),
-with XLA's cheapest optimisation level: the CPU compile is shorter, numerics unchanged.
+Every model: eval parity on an odd-sized input and its parameter count. Train steps (a
+few AdamW steps on a tiny batch) for one model per code path. Compiles use XLA's cheapest
+optimisation level: the CPU compile is shorter, numerics unchanged.
 """
 
+import functools
+
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,22 +21,35 @@ from blastjax.models import resnet
 
 NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
+# One model per code path (basic block, bottleneck, grouped, wide): the deeper variants
+# differ only in stage sizes, and each backward pass costs 10-60 s of XLA CPU compile.
+TRAIN_NAMES = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]
 ODD_INPUT = (1, 67, 75, 3)  # H and W not multiples of 32.
 TRAIN_INPUT = (2, 64, 64, 3)  # layer4 is 2x2: batch statistics over 8 values.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def torch_model(name, seed=0, **kwargs):
-  """torchvision's `name` with 2 classes, seeded, BN running stats randomised, eval mode."""
+  """torchvision's `name` with 2 classes, seeded, in eval mode, with BN statistics that matter.
+
+  BN biases are randomised and the running statistics are those of one random batch, so
+  every BN layer shifts and scales (statistics left at 0/1 would hide conversion errors),
+  while activations stay O(1) through the deepest nets.
+  """
   torch.manual_seed(seed)
   model = getattr(torchvision.models, name)(num_classes=2, **kwargs)
   generator = torch.Generator().manual_seed(seed + 1)
   for module in model.modules():
     if isinstance(module, torch.nn.BatchNorm2d):
-      shape = module.running_mean.shape
-      module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
-      module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
-      module.bias.data.copy_(0.1 * torch.randn(shape, generator=generator))
+      module.bias.data.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+      module.reset_running_stats()
+      module.momentum = None  # Cumulative average: after one batch, that batch's statistics.
+  with torch.no_grad():
+    model.train()(torch.randn(4, 3, 64, 64, generator=generator))
+  for module in model.modules():
+    if isinstance(module, torch.nn.BatchNorm2d):
+      # Near-dead channels of the small batch would amplify float32 rounding 300-fold.
+      module.running_var.clamp_(min=0.05)
   return model.eval()
 
 
@@ -41,8 +58,15 @@ def torch_logits(model, x_nhwc):
     return model(torch.from_numpy(np.transpose(x_nhwc, (0, 3, 1, 2)))).numpy()
 
 
-def assert_parity(ours, reference):
-  tolerance = 1e-4 * max(1.0, float(np.abs(reference).max()))
+# 101/152-layer nets: torch's own float32 logits are up to 3.6e-4 away from its float64 ones
+# (wide_resnet101_2 on ODD_INPUT), so float32 agreement can only be that close.
+DEEP = ("resnet101", "resnet152", "resnext101_32x8d", "wide_resnet101_2")
+
+
+def assert_parity(ours, reference, relative=1e-4):
+  tolerance = relative * max(1.0, float(np.abs(reference).max()))
+  print(f"parity: max abs error {np.abs(np.asarray(ours) - reference).max():.3g}, "
+        f"max |logit| {np.abs(reference).max():.3g}")
   np.testing.assert_allclose(np.asarray(ours), reference, rtol=0, atol=tolerance)
 
 
@@ -98,7 +122,7 @@ def test_parity_on_odd_input(case):
   name, result = case
   ours = jax.jit(models.create(name).apply).lower(result["variables"], result["x"]).compile(
       compiler_options=FAST_COMPILE)(result["variables"], result["x"])
-  assert_parity(ours, result["reference"])
+  assert_parity(ours, result["reference"], relative=5e-4 if name in DEEP else 1e-4)
 
 
 def test_parameter_count_equals_torchvision(case):
@@ -107,9 +131,10 @@ def test_parameter_count_equals_torchvision(case):
   assert ours == result["torch_params"]
 
 
-def test_train_steps_lower_the_loss(case):
-  name, result = case
-  losses = train_losses(models.create(name), result["variables"])
+@pytest.mark.parametrize("name", TRAIN_NAMES)
+def test_train_steps_lower_the_loss(name):
+  variables = weights.from_torch(name, torch_model(name).state_dict())
+  losses = train_losses(models.create(name), variables)
   assert all(np.isfinite(losses)), losses
   assert losses[-1] < losses[0], losses
 
@@ -122,14 +147,15 @@ def test_parity_at_paper_size_400():
   assert_parity(ours, torch_logits(reference_model, x))
 
 
-def test_zero_init_residual_zeroes_last_bn_scales():
-  model = models.create("resnet18", zero_init_residual=True)
-  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
-  params = variables["params"]
-  assert not np.any(params["layer1_0"]["bn2"]["scale"])
-  assert np.all(params["layer1_0"]["bn1"]["scale"] == 1)
-  assert np.all(models.create("resnet18").init(
-      jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))["params"]["layer1_0"]["bn2"]["scale"] == 1)
+@pytest.mark.parametrize("block_cls", [resnet.BasicBlock, resnet.Bottleneck])
+def test_zero_init_residual_zeroes_last_bn_scale(block_cls):
+  norm = functools.partial(flax.linen.BatchNorm, use_running_average=True)
+  x = np.zeros((1, 8, 8, 32), np.float32)
+  last = "bn2" if block_cls is resnet.BasicBlock else "bn3"
+  block = block_cls(8, stride=2, norm=norm, zero_init_residual=True)
+  params = block.init(jax.random.PRNGKey(0), x)["params"]
+  assert not np.any(params[last]["scale"])
+  assert np.all(params["bn1"]["scale"] == 1) and "downsample_0" in params
 
 
 def test_block_input_transform_matches_torch_pre_hook_on_conv1():
