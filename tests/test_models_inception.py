@@ -123,6 +123,8 @@ def test_features_and_channels():
   variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
   assert jax.eval_shape(module.apply, variables, x).shape == (2, 2048)
   assert variables["params"]["Conv2d_1a_3x3"]["conv"]["kernel"].shape == (3, 3, 1, 32)
+  with pytest.raises(ValueError, match="in_channels=3"):
+    jax.eval_shape(models.create("inception_v3", in_channels=3).init, jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="transform_input"):
     jax.eval_shape(models.create("inception_v3", transform_input=True).init,
                    jax.random.PRNGKey(0), x)

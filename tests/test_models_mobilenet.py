@@ -78,6 +78,18 @@ def test_features_and_channels():
   variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
   assert jax.eval_shape(module.apply, variables, x).shape == (2, 576)
   assert variables["params"]["features_0"]["conv"]["kernel"].shape == (3, 3, 5, 16)
+  with pytest.raises(ValueError, match="in_channels=3"):
+    jax.eval_shape(models.create("mobilenet_v3_small", in_channels=3).init,
+                   jax.random.PRNGKey(0), x)
+
+
+def test_rgb_stem_adapts_to_one_channel(converted):
+  name, reference, _, _ = converted
+  gray = weights.from_torch(name, reference.state_dict(), in_channels=1, adapt_channels=True,
+                            example_input=np.zeros((1, 32, 32, 1), np.float32))
+  rgb = reference.state_dict()["features.0.0.weight"].numpy().transpose(2, 3, 1, 0)
+  np.testing.assert_allclose(gray["params"]["features_0"]["conv"]["kernel"],
+                             rgb.sum(axis=2, keepdims=True), rtol=1e-6)
 
 
 def test_conv_bn_unit_trains_like_torchvision():

@@ -136,6 +136,8 @@ def test_features_channels_and_errors():
   assert jax.eval_shape(module.apply, variables, x).shape == (2, 768)
   assert variables["params"]["conv_proj"]["kernel"].shape == (16, 16, 1, 768)
   assert variables["params"]["encoder"]["pos_embedding"].shape == (1, 5, 768)
+  with pytest.raises(ValueError, match="in_channels=3"):
+    jax.eval_shape(models.create("vit_b_16", in_channels=3).init, jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="multiple of the patch size"):
     models.create("vit_b_16", image_size=40)
   with pytest.raises(ValueError, match="multiple of the patch size"):

@@ -15,7 +15,7 @@ The auxiliary head needs a 17x17 `Mixed_6e` map, i.e. inputs of at least 299x299
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -180,6 +180,7 @@ class Inception3(nn.Module):
   transform_input: bool = False
   dropout: float = 0.5
   dtype: Any = jnp.float32
+  in_channels: Optional[int] = None  # Checked against the input when given.
 
   def _transform_input(self, x):
     if x.shape[-1] != 3:
@@ -192,6 +193,10 @@ class Inception3(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
     del mask  # Single-image model.
+    if self.in_channels is not None and x.shape[-1] != self.in_channels:
+      raise ValueError(f"inception_v3 built with in_channels={self.in_channels} got an input with "
+                       f"{x.shape[-1]} channels; pass images [B, H, W, {self.in_channels}] or "
+                       f"build the model with in_channels={x.shape[-1]}")
     x = jnp.asarray(x, self.dtype)
     if self.transform_input:
       x = self._transform_input(x)

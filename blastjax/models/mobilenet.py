@@ -134,10 +134,15 @@ class MobileNetV3(nn.Module):
   num_classes: int = 2
   dropout: float = 0.2
   dtype: Any = jnp.float32
+  in_channels: Optional[int] = None  # Checked against the input when given.
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
     del mask  # Single-image model.
+    if self.in_channels is not None and x.shape[-1] != self.in_channels:
+      raise ValueError(f"MobileNetV3 built with in_channels={self.in_channels} got an input with "
+                       f"{x.shape[-1]} channels; pass images [B, H, W, {self.in_channels}] or "
+                       f"build the model with in_channels={x.shape[-1]}")
     x = jnp.asarray(x, self.dtype)
     unit = functools.partial(ConvNormActivation, dtype=self.dtype)
     x = unit(self.blocks[0].in_channels, 3, stride=2, activation=jax.nn.hard_swish,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -168,10 +168,15 @@ class VisionTransformer(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   dtype: Any = jnp.float32
+  in_channels: Optional[int] = None  # Checked against the input when given.
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
     del mask  # Single-image model.
+    if self.in_channels is not None and x.shape[-1] != self.in_channels:
+      raise ValueError(f"ViT built with in_channels={self.in_channels} got an input with "
+                       f"{x.shape[-1]} channels; pass images [B, H, W, {self.in_channels}] or "
+                       f"build the model with in_channels={x.shape[-1]}")
     height, width = x.shape[1:3]
     if height % PATCH_SIZE or width % PATCH_SIZE:
       raise ValueError(f"ViT input {height}x{width} is not a multiple of the patch size "
