@@ -147,3 +147,14 @@ def test_synthetic_build_in_worker_processes_matches_the_simulator(tmp_path):
   assert source.metadata()["embryo_ids"].tolist() == [p.embryo_id for p in plans]
   direct = synthetic.simulate_embryo(plans[11], sim)
   assert np.array_equal(source[11]["frames"], direct["frames"]) and source[11]["label"] == plans[11].label
+
+
+def test_default_config_builder_unpickles_in_another_process(tmp_path):
+  """grain workers unpickle the source; a registered config must survive that."""
+  builder = dataset.get_builder("synthetic", data_dir=str(tmp_path), num_embryos=100)
+  path = tmp_path / "builder.pkl"
+  path.write_bytes(__import__("pickle").dumps(builder))
+  code = f"import pickle; b = pickle.loads(open({str(path)!r}, 'rb').read()); print(b.builder_config.name)"
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "synthetic"

@@ -65,7 +65,13 @@ def get_builder(config: str = "synthetic", data_dir: Optional[str] = None, skip_
   """
   from tfds_builders.embryo_timelapse import embryo_timelapse as et
 
-  return et.EmbryoTimelapse(config=builder_config(config, **options), data_dir=data_dir or default_data_dir(),
+  chosen = builder_config(config, **options)
+  # A registered config goes by name: the builder is then picklable into processes
+  # (grain workers) where an unpickled copy of the config object would be refused by
+  # TFDS as "a custom BuilderConfig named like an available one".
+  registered = any(chosen is c for c in et.BUILDER_CONFIGS)
+  return et.EmbryoTimelapse(config=chosen.name if registered else chosen,
+                            data_dir=data_dir or default_data_dir(),
                             file_format="array_record", skip_invalid=skip_invalid)
 
 
