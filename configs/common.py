@@ -67,6 +67,9 @@ def finish(c: ml_collections.ConfigDict, arg=None, smoke_image_size: int = 0,
     c.checkpoint_every_steps = c.num_steps // 3 if single else c.num_steps // 2
     c.eval_every_steps = c.checkpoint_every_steps
     c.keep_checkpoints = 2
+    # The smoke validation split has ~5 embryos: too few to pick a checkpoint by (it
+    # picked a step-30 model predicting one class); test the last one instead.
+    c.eval_checkpoint = "last"
     c.log_every_steps = 5
     c.early_hours = (40.0, 60.0, 80.0) if single else (30.0, 45.0, 60.0, 80.0)
     c.update(smoke_overrides)
