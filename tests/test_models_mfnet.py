@@ -6,12 +6,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from blastjax import models, weights
 from blastjax.models import mfnet
 from blastjax.testing import golden
+import video_checks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 
@@ -84,33 +84,8 @@ def small_model():
 
 
 def test_padded_frames_do_not_change_output(small_model):
-  model, variables, x, mask = small_model
-  apply = jax.jit(lambda v, inp: model.apply(v, inp, train=False, mask=mask))
-  other = x.at[0, 3:].set(jax.random.normal(jax.random.PRNGKey(2), x[0, 3:].shape) * 9.0)
-  np.testing.assert_allclose(np.asarray(apply(variables, x)), np.asarray(apply(variables, other)),
-                             atol=1e-5)
+  video_checks.assert_padding_ignored(*small_model, atol=1e-5)
 
 
 def test_train_step_with_padding_lowers_loss(small_model):
-  model, variables, x, mask = small_model
-  labels = jnp.array([0, 1])
-  tx = optax.adam(1e-3)
-
-  def loss_fn(params, batch_stats):
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                  mask=mask, mutable=["batch_stats"])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
-
-  @jax.jit
-  def step(params, batch_stats, opt_state):
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
-    deltas, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, deltas), updates["batch_stats"], opt_state, loss
-
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  opt_state = tx.init(params)
-  losses = []
-  for _ in range(3):
-    params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
-    losses.append(float(loss))
-  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+  video_checks.assert_masked_adam_steps_lower_loss(*small_model)
