@@ -59,6 +59,7 @@ def default_config():
   c.augment = True
   c.dtype = "float32"
   c.parallel = "pmap"
+  c.num_devices = 0               # devices per process to use; 0 = all of them
   c.seed = 0
   c.split = "paper"               # 'paper' half/half by embryo; folds come from cross_validation mode
   c.split_seed = 0
@@ -128,7 +129,7 @@ def _range_problems(c) -> list:
               "checkpoint_every_steps", "eval_every_steps", "log_every_steps", "num_folds"):
     need(c[key] > 0, f"config.{key}={c[key]}: must be positive")
   for key in ("num_steps", "clip_length", "window_stride", "warmup_steps", "worker_count", "seed",
-              "split_seed"):
+              "split_seed", "num_devices"):
     need(c[key] >= 0, f"config.{key}={c[key]}: must be >= 0")
   need(c.num_steps > 0 or c.num_epochs > 0, f"config.num_epochs={c.num_epochs} with num_steps=0: one must be positive")
   need(c.learning_rate > 0, f"config.learning_rate={c.learning_rate}: must be positive")

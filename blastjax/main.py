@@ -77,11 +77,15 @@ def dataset_problems(config) -> list:
 
 def preflight(config) -> None:
   """Every check that needs no work: fields, model, devices, dataset."""
-  import jax
+  from blastjax import config_validation, train
 
-  from blastjax import config_validation
-
-  problems = config_validation.validate(config, jax.device_count())
+  try:
+    num_devices, device_problems = len(train.selected_devices(config)), []
+  except ValueError as error:
+    num_devices, device_problems = None, [str(error)]
+  except TypeError:  # a mistyped num_devices; validate() names it
+    num_devices, device_problems = None, []
+  problems = config_validation.validate(config, num_devices) + device_problems
   if not problems:
     problems = dataset_problems(config)
   if problems:

@@ -417,6 +417,25 @@ def loader_options(config, train: bool) -> dict:
               normalization=config.normalization, worker_count=config.worker_count)
 
 
+def selected_devices(config) -> list:
+  """The devices a run uses: every device, or the first `config.num_devices` of each process."""
+  wanted = config.get("num_devices", 0)
+  if not wanted:
+    return jax.devices()
+  chosen = []
+  for process in range(jax.process_count()):
+    local = [d for d in jax.devices() if d.process_index == process]
+    if wanted > len(local):
+      raise ValueError(f"config.num_devices={wanted}: process {process} has only {len(local)} devices")
+    chosen += local[:wanted]
+  return chosen
+
+
+def local_device_count(config) -> int:
+  """Devices of this process the run uses (the leading axis of every batch)."""
+  return config.get("num_devices", 0) or jax.local_device_count()
+
+
 def per_process_batch(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
@@ -427,7 +446,7 @@ def train_loader(config, data: Data):
   return pipeline.make_loader(
       data.source, indices=data.train, augment=config.augment, batch_size=per_process_batch(config.batch_size),
       shuffle=True, seed=config.seed, num_epochs=None, drop_remainder=True,
-      num_devices=jax.local_device_count(), **loader_options(config, train=True))
+      num_devices=local_device_count(config), **loader_options(config, train=True))
 
 
 def steps_per_epoch(config, data: Data) -> int:
@@ -450,7 +469,7 @@ def predict(runner: Runner, state, config, data: Data, indices, observe_hours=No
   loader = pipeline.make_loader(
       data.source, indices=indices, augment=False, batch_size=per_process_batch(config.eval_batch_size),
       shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False, observe_hours=observe_hours,
-      num_devices=jax.local_device_count(), **options)
+      num_devices=local_device_count(config), **options)
   rows, probs, valid = [], [], []
   for batch in loader:
     probs.append(runner.eval_step(state, batch))
@@ -549,7 +568,8 @@ def build(config, data: Data, sample_batch: dict, total_steps: int, epoch_steps:
   sc = StepConfig(input_kind=spec.input_kind, per_step=spec.per_step,
                   class_weights=tuple(class_weight_vector(config, data.labels[data.train]).tolist()),
                   aux_loss_weight=config.aux_loss_weight, skip_nonfinite=config.skip_nonfinite)
-  runner = Runner(make_train_step(model, tx, sc), make_eval_step(model, sc), config.parallel)
+  runner = Runner(make_train_step(model, tx, sc), make_eval_step(model, sc), config.parallel,
+                  devices=selected_devices(config))
   return Built(model, spec, runner, init_state(model, tx, variables, config.seed), tx)
 
 

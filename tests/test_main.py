@@ -47,6 +47,19 @@ def test_preflight_names_each_problem():
     main.preflight(config)
 
 
+def test_num_devices_selects_a_subset_and_refuses_too_many(tmp_path, data_dir):
+  with pytest.raises(main.UsageError, match=r"config.num_devices=5: process 0 has only 4 devices"):
+    main.preflight(th.tiny_config("tiny_image", num_devices=5))
+  with pytest.raises(main.UsageError, match="batch_size=6 is not divisible by the 4 devices"):
+    main.preflight(th.tiny_config("tiny_image", num_devices=4, batch_size=6))
+  config = th.tiny_config("tiny_image", data_dir=data_dir, num_devices=2, batch_size=6, eval_batch_size=6,
+                          num_steps=2, early_hours=(), validation_fraction=0.0)
+  main.preflight(config)  # 6 divides over 2 devices
+  assert [d.id for d in train.selected_devices(config)] == [0, 1]
+  result = train.train_and_evaluate(config, str(tmp_path / "two"), log=lambda _: None)
+  assert result["step"] == 2
+
+
 def test_train_then_evaluate_mode_reproduces_metrics(tmp_path, data_dir):
   config = th.tiny_config("tiny_video", data_dir=data_dir, num_steps=6, eval_every_steps=3)
   workdir = str(tmp_path / "run")
