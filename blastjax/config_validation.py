@@ -72,6 +72,9 @@ def default_config():
   c.grad_clip_norm = 0.0          # 0 = no clipping
   c.class_weights = "none"        # 'none', 'balanced' or 'w0,w1'
   c.aux_loss_weight = 0.4         # Inception-v3 auxiliary head, when the model returns one
+  c.feature_extractor = "i3d"     # input kind 'features': the video model run once per embryo
+  c.feature_weights = ""          # its converted weights (blastjax.weights); '' = seeded random init
+  c.feature_cache_dir = ""        # '' = <workdir>/features
   c.init_from = ""                # converted pretrained weights (blastjax.weights.load_variables)
   c.freeze = ""                   # freeze every parameter created before this module name
   c.checkpoint_every_steps = 500
@@ -177,10 +180,16 @@ def _model_problems(c) -> list:
   except ValueError as error:
     return [f"config.model: {error}"]
   problems = []
-  if c.image_size < spec.min_image_size:
-    problems.append(f"config.image_size={c.image_size}: model {c.model!r} needs at least "
-                    f"{spec.min_image_size} pixels")
   kind = spec.input_kind
+  sized = spec
+  if kind == "features":  # the frames go through the extractor
+    try:
+      sized = models.get_spec(c.feature_extractor)
+    except ValueError:
+      pass  # named by _feature_problems
+  if c.image_size < sized.min_image_size:
+    problems.append(f"config.image_size={c.image_size}: model {sized.name!r} needs at least "
+                    f"{sized.min_image_size} pixels")
   if kind == "image" and c.sampling != "last_frame":
     problems.append(f"config.sampling={c.sampling!r}: model {c.model!r} takes single images; use 'last_frame'")
   if kind in ("video", "video_focal", "features") and c.sampling == "last_frame":
@@ -192,14 +201,37 @@ def _model_problems(c) -> list:
   if kind in ("image", "video") and c.focal_planes == "axis":
     problems.append(f"config.focal_planes='axis': model {c.model!r} takes [.., H, W, C]; use 'center' or 'channels'")
   if kind == "features":
-    problems.append(f"config.model={c.model!r} reads cached per-frame features; train it with the "
-                    "feature-cache pipeline (blastjax.data.feature_cache), not this trainer")
+    problems += _feature_problems(c)
   if spec.per_step and c.eval_sampling == "sliding_windows":
     problems.append(f"config.eval_sampling='sliding_windows': model {c.model!r} predicts per step; "
                     "evaluate it on whole sequences")
   if c.sampling == "clip" and (c.eval_sampling or c.sampling) == "clip":
     problems.append("config.sampling='clip' needs eval_sampling='sliding_windows' (or 'uniform') "
                     "to cover the whole sequence at evaluation")
+  return problems
+
+
+def _feature_problems(c) -> list:
+  """A features model: the cache is extracted by `feature_extractor` from the frames."""
+  from blastjax import models
+
+  problems = []
+  if c.sampling not in ("uniform", "sliding_windows"):
+    problems.append(f"config.sampling={c.sampling!r}: model {c.model!r} reads features cached with "
+                    "'uniform' (one clip per embryo) or 'sliding_windows' (one step per window)")
+  if c.eval_sampling not in ("", c.sampling):
+    problems.append(f"config.eval_sampling={c.eval_sampling!r}: model {c.model!r} is evaluated on the "
+                    "same feature cache it trains on; leave eval_sampling empty")
+  if c.focal_planes != "center":
+    problems.append(f"config.focal_planes={c.focal_planes!r}: features are extracted from the central "
+                    "focal plane; use 'center'")
+  try:
+    if models.get_spec(c.feature_extractor).input_kind != "video":
+      problems.append(f"config.feature_extractor={c.feature_extractor!r}: not a video model")
+  except ValueError as error:
+    problems.append(f"config.feature_extractor: {error}")
+  if c.feature_weights and not os.path.exists(c.feature_weights):
+    problems.append(f"config.feature_weights={c.feature_weights!r}: no such file or directory")
   return problems
 
 

@@ -127,6 +127,16 @@ class Predictor:
     if state.get("batch_stats"):
       self.variables["batch_stats"] = state["batch_stats"]
     self._apply = jax.jit(self._probs)
+    self._features = None
+    self.num_steps = None
+    if self.spec.input_kind == "features":
+      from blastjax import train
+      from blastjax.data import feature_cache
+      manifest = feature_cache.read_manifest(train.feature_cache_dir(self.config, workdir))
+      if manifest is None:
+        raise PredictError(f"the feature cache of {workdir} ({train.feature_cache_dir(self.config, workdir)}) "
+                           "is missing: it fixes the sequence length the model was trained with")
+      self.num_steps = int(manifest["max_steps"])
 
   def _probs(self, variables, x, mask):
     import jax
@@ -138,18 +148,42 @@ class Predictor:
     logits = train.final_logits(logits, mask if self.spec.per_step else None, self.spec.per_step)
     return jax.nn.softmax(logits.astype("float32"), axis=-1)[:, 1]
 
-  def probability(self, example: dict, observe_hours=None) -> float:
-    from blastjax import evaluate, train
-    from blastjax.data import pipeline
+  def _feature_row(self, example: dict) -> dict:
+    """The embryo as a cached-features row (features models), extracted as in training."""
+    from blastjax import train
+    from blastjax.data import feature_cache
 
+    key = id(example)
+    if self._features is None or self._features[0] != key:
+      settings = train.extraction_settings(self.config)
+      variables = train.extractor_variables(self.config, settings, log=lambda _: None)
+      (features, hours), = feature_cache.extract_features(
+          [example], variables=variables, model_name=self.config.feature_extractor, settings=settings,
+          progress=False)
+      self._features = (key, {"features": features, "hours": hours, "label": -1,
+                              "embryo_id": example["embryo_id"], "patient_id": ""})
+    return self._features[1]
+
+  def _loader(self, example: dict, observe_hours):
+    from blastjax import train
+    from blastjax.data import feature_pipeline, pipeline
+
+    common = dict(indices=[0], batch_size=1, shuffle=False, num_epochs=1, observe_hours=observe_hours,
+                  shard_by_process=False)
+    if self.spec.input_kind == "features":
+      return feature_pipeline.make_feature_loader([self._feature_row(example)], num_steps=self.num_steps,
+                                                  **common)
     options = train.loader_options(self.config, train=False)
     options["worker_count"] = 0
-    loader = pipeline.make_loader([example], indices=[0], augment=False, batch_size=1, shuffle=False,
-                                  num_epochs=1, observe_hours=observe_hours, shard_by_process=False,
-                                  **options)
+    return pipeline.make_loader([example], augment=False, **common, **options)
+
+  def probability(self, example: dict, observe_hours=None) -> float:
+    from blastjax import evaluate
+
+    key = "features" if self.spec.input_kind == "features" else "image"
     rows, probs = [], []
-    for batch in loader:
-      probs.append(np.asarray(self._apply(self.variables, batch["image"], batch["mask"])))
+    for batch in self._loader(example, observe_hours):
+      probs.append(np.asarray(self._apply(self.variables, batch[key], batch["mask"])))
       rows.append(np.asarray(batch["example_index"]))
     _, mean = evaluate.average_by_example(np.concatenate(rows), np.concatenate(probs))
     return float(mean[0])

@@ -440,13 +440,82 @@ def per_process_batch(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def train_loader(config, data: Data):
-  from blastjax.data import pipeline
+def reads_features(config) -> bool:
+  from blastjax import models
 
-  return pipeline.make_loader(
-      data.source, indices=data.train, augment=config.augment, batch_size=per_process_batch(config.batch_size),
-      shuffle=True, seed=config.seed, num_epochs=None, drop_remainder=True,
-      num_devices=local_device_count(config), **loader_options(config, train=True))
+  return models.get_spec(config.model).input_kind == "features"
+
+
+def extraction_settings(config):
+  """How the feature cache of a 'features' model samples and prepares frames."""
+  from blastjax.data import feature_cache
+
+  return feature_cache.ExtractionSettings(
+      mode=config.sampling, num_frames=config.num_frames, clip_length=config.clip_length or config.num_frames,
+      window_stride=config.window_stride or None, image_size=config.image_size,
+      in_channels=3 if config.rgb else 1, batch_size=max(1, config.eval_batch_size))
+
+
+def feature_cache_dir(config, workdir: str) -> str:
+  return config.feature_cache_dir or os.path.join(workdir, "features")
+
+
+def extractor_variables(config, settings, log: Callable[[str], None] = print):
+  """The feature extractor's converted weights, or a seeded random init (smoke runs)."""
+  from blastjax.data import feature_cache
+
+  if config.feature_weights:
+    from blastjax import weights
+    variables, _ = weights.load_variables(config.feature_weights)
+    return variables
+  log(f"config.feature_weights is empty: {config.feature_extractor} features from a random init "
+      f"(seed {config.seed}); fine for a smoke test, not for results")
+  return feature_cache.init_extractor_variables(config.feature_extractor, {}, settings, config.seed)
+
+
+def open_features(config, workdir: str, source, log: Callable[[str], None] = print):
+  """The feature cache of `source` (built by process 0 on first use, rebuilt when the
+  extractor, its weights, the settings or the data changed)."""
+  from blastjax.data import feature_cache
+
+  cache_dir = feature_cache_dir(config, workdir)
+  settings = extraction_settings(config)
+  variables = extractor_variables(config, settings, log)
+  if jax.process_index() == 0:
+    feature_cache.ensure_cache(source, cache_dir, variables=variables, model_name=config.feature_extractor,
+                               settings=settings, progress=config.progress)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("blastjax_features_built")
+  features = feature_cache.FeatureSource(cache_dir)
+  if len(features) != len(source):
+    raise ValueError(f"feature cache {cache_dir} holds {len(features)} embryos, the dataset {len(source)}: "
+                     "delete the cache so that it is rebuilt")
+  return features
+
+
+def with_features(config, workdir: str, data: Data, log: Callable[[str], None] = print) -> Data:
+  """`data` reading cached features instead of frames when the model takes features."""
+  if not reads_features(config):
+    return data
+  return dataclasses.replace(data, source=open_features(config, workdir, data.source, log))
+
+
+def make_loader(config, data: Data, indices, train: bool, observe_hours=None):
+  """Training batches (shuffled, endless) or evaluation batches (one pass) of `indices`."""
+  options = dict(indices=indices, batch_size=per_process_batch(config.batch_size if train else config.eval_batch_size),
+                 shuffle=train, seed=config.seed, num_epochs=None if train else 1, drop_remainder=train,
+                 observe_hours=observe_hours, num_devices=local_device_count(config))
+  if reads_features(config):
+    from blastjax.data import feature_pipeline
+    return feature_pipeline.make_feature_loader(data.source, worker_count=config.worker_count, **options)
+  from blastjax.data import pipeline
+  return pipeline.make_loader(data.source, augment=config.augment and train, **options,
+                              **loader_options(config, train=train))
+
+
+def train_loader(config, data: Data):
+  return make_loader(config, data, data.train, train=True)
 
 
 def steps_per_epoch(config, data: Data) -> int:
@@ -463,13 +532,8 @@ def steps_per_epoch(config, data: Data) -> int:
 def predict(runner: Runner, state, config, data: Data, indices, observe_hours=None):
   """(example indices, P(blast)) over `indices`; sliding windows averaged per embryo."""
   from blastjax import evaluate
-  from blastjax.data import pipeline
 
-  options = loader_options(config, train=False)
-  loader = pipeline.make_loader(
-      data.source, indices=indices, augment=False, batch_size=per_process_batch(config.eval_batch_size),
-      shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False, observe_hours=observe_hours,
-      num_devices=local_device_count(config), **options)
+  loader = make_loader(config, data, indices, train=False, observe_hours=observe_hours)
   rows, probs, valid = [], [], []
   for batch in loader:
     probs.append(runner.eval_step(state, batch))
@@ -718,6 +782,7 @@ def train_and_evaluate(config, workdir: str, source=None, train_idx=None, test_i
   data = make_data(config, source, train_idx, test_idx)
   if jax.process_index() == 0:
     write_data_info(workdir, source, data)
+  data = with_features(config, workdir, data, log)
   built, final = train(config, workdir, data, log)
   log(f"process {jax.process_index()}: parameter checksum {parameter_checksum(final['params'])}")
   state = built.runner.put_state(final)
@@ -759,7 +824,7 @@ def evaluate_workdir(workdir: str, config=None, log: Callable[[str], None] = pri
   if config is None:
     with open(os.path.join(workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
-  data = make_data(config, open_source(config))
+  data = with_features(config, workdir, make_data(config, open_source(config)), log)
   built, state = restore_for_evaluation(config, workdir, data, log)
   metrics, rows, curve = evaluate_split(built.runner, built.runner.put_state(state), config, data, data.test)
   metrics["step"] = int(state["step"])
@@ -775,10 +840,15 @@ def cross_validate(config, workdir: str, log: Callable[[str], None] = print) -> 
   No patient is in both the training and the test side of a fold. Each fold resumes
   on its own, so a killed cross-validation continues where it stopped.
   """
+  import ml_collections
+
   from blastjax import evaluate
   from blastjax.data import splits
 
   source = open_source(config)
+  if reads_features(config) and not config.feature_cache_dir:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.feature_cache_dir = os.path.join(workdir, "features")  # one cache for every fold
   meta = source.metadata()
   folds = splits.patient_kfold(meta["labels"], meta["patient_ids"], config.num_folds, config.split_seed)
   fold_metrics, rows = [], []

@@ -2,8 +2,13 @@
 backbone, two LSTM layers (128, 64 units), two dense layers (64, 32), dropout 0.5,
 Adam 1e-3 and class weights for the imbalance.
 
-It reads cached per-frame features (input kind 'features'), produced by the feature
-cache of blastjax.data.feature_cache; see docs/training.md.
+It reads cached features (input kind 'features'): on first use the trainer runs
+`feature_extractor` (I3D) once over every embryo, in sliding windows of `clip_length`
+frames (one time step per window, so early prediction sees only finished windows),
+and caches the result in <workdir>/features (blastjax.data.feature_cache). Give the
+extractor converted Kinetics weights with --config.feature_weights (see
+docs/training.md); without them the features come from a seeded random init, which is
+only good for the smoke run.
 
     python -m blastjax.main --config configs/feature_lstm.py --workdir runs/feature_lstm
     python -m blastjax.main --config configs/feature_lstm.py:smoke --workdir /tmp/feature_lstm_smoke
@@ -14,5 +19,6 @@ from configs import common
 
 def get_config(arg=None):
   config = common.multi_frame("feature_lstm", weight_decay=0.0, class_weights="balanced",
-                              best_metric="f1_macro")
+                              best_metric="f1_macro",
+                              sampling="sliding_windows", clip_length=16)
   return common.finish(config, arg)

@@ -46,6 +46,8 @@ class TinyCNN(nn.Module):
       if not self.per_step:
         keep = jnp.ones((b, t), x.dtype) if mask is None else (~mask).astype(x.dtype)
         x = (x * keep[..., None]).sum(1) / jnp.maximum(keep.sum(1, keepdims=True), 1.0)
+    if self.num_classes == 0:  # feature mode (a feature extractor for 'features' models)
+      return x
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
 
 

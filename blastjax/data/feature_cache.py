@@ -179,21 +179,40 @@ def make_manifest(model_name: str, model_kwargs: dict, variables: Any, settings:
           "source": source_fingerprint(source)}
 
 
-@functools.lru_cache(maxsize=8)
-def _feature_fn(model_name: str, kwargs_json: str):
-  """The jitted feature function of a model, shared by every extraction that uses it."""
-  import jax
-
+def extractor_module(model_name: str, model_kwargs: Optional[dict] = None):
+  """The video model in feature mode (I3D: per-step 1024-d features)."""
   from blastjax import models
 
   spec = models.get_spec(model_name)
   if spec.input_kind != "video":
     raise ValueError(f"feature extraction needs a video model; {model_name!r} takes "
                      f"{spec.input_kind!r} input")
-  kwargs = json.loads(kwargs_json)
+  kwargs = dict(model_kwargs or {})
   if model_name == "i3d":
     kwargs = {"features_per_step": True, **kwargs}
-  module = models.create(model_name, num_classes=0, **kwargs)
+  return models.create(model_name, num_classes=0, **kwargs)
+
+
+def init_extractor_variables(model_name: str, model_kwargs: Optional[dict],
+                             settings: ExtractionSettings, seed: int = 0) -> Any:
+  """Randomly initialised extractor variables (seeded, so a rerun finds the same cache).
+
+  Random features are only good for smoke tests: real use loads converted weights.
+  """
+  import jax
+
+  length = settings.num_frames if settings.mode == "uniform" else settings.clip_length
+  clip = np.zeros((1, length, settings.image_size, settings.image_size, settings.in_channels), np.float32)
+  variables = extractor_module(model_name, model_kwargs).init(jax.random.PRNGKey(seed), clip, train=False)
+  return jax.tree.map(np.asarray, dict(variables))
+
+
+@functools.lru_cache(maxsize=8)
+def _feature_fn(model_name: str, kwargs_json: str):
+  """The jitted feature function of a model, shared by every extraction that uses it."""
+  import jax
+
+  module = extractor_module(model_name, json.loads(kwargs_json))
   return jax.jit(lambda v, x: module.apply(v, x, train=False))
 
 
@@ -246,14 +265,21 @@ def _extract_all(source, extractor: _Extractor, settings: ExtractionSettings, pr
           for parts in results]
 
 
+def extract_features(source, *, variables: Any, model_name: str = "i3d", model_kwargs: Optional[dict] = None,
+                     settings: ExtractionSettings = ExtractionSettings(), progress: bool = True) -> list:
+  """Per example of `source` (a sequence of examples): (features [T, D], hours [T])."""
+  extractor = _Extractor(model_name, dict(model_kwargs or {}), variables, settings.batch_size)
+  return _extract_all(source, extractor, settings, progress)
+
+
 def build_cache(source, cache_dir: str, *, variables: Any, model_name: str = "i3d",
                 model_kwargs: Optional[dict] = None, settings: ExtractionSettings = ExtractionSettings(),
                 progress: bool = True) -> "FeatureSource":
   """Extracts features of every example of `source` into `cache_dir` (replacing it)."""
   model_kwargs = dict(model_kwargs or {})
   manifest = make_manifest(model_name, model_kwargs, variables, settings, source)
-  extractor = _Extractor(model_name, model_kwargs, variables, settings.batch_size)
-  per_embryo = _extract_all(source, extractor, settings, progress)
+  per_embryo = extract_features(source, variables=variables, model_name=model_name,
+                                model_kwargs=model_kwargs, settings=settings, progress=progress)
   lengths = np.array([f.shape[0] for f, _ in per_embryo], np.int64)
   tmp = cache_dir.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
