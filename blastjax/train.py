@@ -282,6 +282,14 @@ class Runner:
   def train_step(self, state, batch):
     return self._train(state, self.put_batch(batch))
 
+  def compile_train_step(self, state, batch):
+    """The train step compiled ahead of time for these shapes (what `train_step` runs).
+
+    Returns a jax `Compiled`: call it as `compiled(state, runner.put_batch(batch))`; its
+    `input_shardings`, `cost_analysis()` and `memory_analysis()` serve benchmarks.
+    """
+    return self._train.lower(state, self.put_batch(batch)).compile()
+
   def eval_step(self, state, batch) -> np.ndarray:
     """This process's probabilities, [local_devices * per_device]."""
     out = self._eval(state, self.put_batch(batch))

@@ -143,7 +143,7 @@ def time_jax(case: Case, steps: int, dtype: str, parallel: str = "pmap", devices
   # AOT: lower and compile the very function Runner.train_step calls, to time compilation
   # apart and to read XLA's cost and memory analyses.
   start = time.perf_counter()
-  compiled = runner._train.lower(state, runner.put_batch(batch)).compile()
+  compiled = runner.compile_train_step(state, batch)
   compile_s = time.perf_counter() - start
   state_shardings, batch_shardings = compiled.input_shardings[0]
   # Prefetched to the device once: the timed loop moves no host data.

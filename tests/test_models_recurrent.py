@@ -140,9 +140,10 @@ def test_registered_shapes(name, expected):
   assert jax.eval_shape(lambda v, y: features.apply(v, y), variables, x).shape == (2, 16)
 
 
-def test_train_step_with_padding_lowers_loss_and_ignores_padding():
+@pytest.mark.parametrize("name", ["resnet_convlstm", "resnet_convgru"])
+def test_train_step_with_padding_lowers_loss_and_ignores_padding(name):
   # Stem + layer1 of a ResNet-18 keeps the compile short; the chunked remat scan is the same.
-  model = models.create("resnet_convlstm", backbone="resnet18", backbone_stages=1, hidden_size=4,
+  model = models.create(name, backbone="resnet18", backbone_stages=1, hidden_size=4,
                         frames_per_chunk=2, dropout_rate=0.2)
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 4, 32, 32, 3)).astype(np.float32)

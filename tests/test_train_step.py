@@ -150,3 +150,17 @@ def test_merge_pretrained_keeps_a_mismatched_head():
   merged, copied, skipped = train.merge_pretrained(variables, loaded)
   assert copied == 1 and skipped == ["params/fc/kernel"]
   assert merged["params"]["conv1"]["kernel"].sum() == 36
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
+def test_compiled_train_step_equals_train_step(parallel):
+  devices = jax.devices()[:2]
+  model, tx, sc, state = _setup()
+  runner = train.Runner(train.make_train_step(model, tx, sc), train.make_eval_step(model, sc),
+                        parallel, devices=devices)
+  batch = _batch(2, 2)
+  compiled = runner.compile_train_step(runner.put_state(state), batch)
+  assert compiled.cost_analysis() is not None
+  ahead, _ = compiled(runner.put_state(state), runner.put_batch(batch))
+  live, _ = runner.train_step(runner.put_state(state), batch)
+  assert _max_diff(runner.host_state(ahead)["params"], runner.host_state(live)["params"]) == 0.0
