@@ -61,13 +61,57 @@ def sym_pad(*pads: int) -> Tuple[Tuple[int, int], ...]:
   return tuple((p, p) for p in pads)
 
 
+class Conv3d(nn.Module):
+  """A torch-like Conv3d (symmetric padding) on channels-last clips [B, T, H, W, C].
+
+  Parameters are nn.Conv's ('kernel' [kt, kh, kw, in / groups, out], optional 'bias'),
+  so weights and key maps do not depend on how it computes. A (1, kh, kw) kernel runs as
+  a 2D convolution over the B*T frames and a (kt, 1, 1) kernel as a 2D convolution over
+  (T, H*W): the same sums, and XLA's CPU backend runs 2D convolutions several times
+  faster than 3D ones (scripts/benchmark_conv3d.py prints the comparison).
+  """
+
+  features: int
+  kernel_size: Tuple[int, int, int]
+  strides: Tuple[int, int, int] = (1, 1, 1)
+  pads: Tuple[int, int, int] = (0, 0, 0)
+  groups: int = 1
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Callable = conv_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kt, kh, kw = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init,
+                        (kt, kh, kw, x.shape[-1] // self.groups, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    (st, sh, sw), (pt, ph, pw) = self.strides, self.pads
+    b, t, h, w, c = x.shape
+    if kt == 1 and st == 1 and pt == 0:       # spatial: 2D over every frame
+      y = self._conv2d(x.reshape(b * t, h, w, c), kernel[0], (sh, sw), ((ph, ph), (pw, pw)))
+      y = y.reshape((b, t) + y.shape[1:])
+    elif kh == kw == 1 and sh == sw == 1 and ph == pw == 0:  # temporal: 2D over (T, H*W)
+      y = self._conv2d(x.reshape(b, t, h * w, c), kernel[:, 0], (st, 1), ((pt, pt), (0, 0)))
+      y = y.reshape((b, y.shape[1], h, w, self.features))
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, self.strides, sym_pad(*self.pads),
+                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                       feature_group_count=self.groups)
+    return y if bias is None else y + bias
+
+  def _conv2d(self, x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=self.groups)
+
+
 def conv3d(features: int, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
            name: str, dtype: Any, groups: int = 1, use_bias: bool = False,
-           kernel_init: Callable = conv_init) -> nn.Conv:
+           kernel_init: Callable = conv_init) -> Conv3d:
   """A torch-like Conv3d (symmetric padding) on channels-last clips."""
-  return nn.Conv(features, tuple(kernel), strides=tuple(strides), padding=sym_pad(*pads),
-                 feature_group_count=groups, use_bias=use_bias, dtype=dtype,
-                 kernel_init=kernel_init, name=name)
+  return Conv3d(features, tuple(kernel), tuple(strides), tuple(pads), groups=groups, use_bias=use_bias,
+                dtype=dtype, kernel_init=kernel_init, name=name)
 
 
 def batch_norm(name: str, train: bool, dtype: Any, epsilon: float = 1e-5) -> nn.BatchNorm:

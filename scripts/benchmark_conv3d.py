@@ -1,0 +1,124 @@
+"""The video nets' factorized convolutions: blastjax's Conv3d against XLA's plain 3D
+convolution and torch's Conv3d, forward + backward, in the same run.
+
+blastjax.models.video_resnet.Conv3d runs a (1, k, k) kernel as a 2D convolution over
+the frames and a (k, 1, 1) kernel as a 2D convolution over (T, H*W). This prints, per
+shape, the median time of a jitted forward + backward of that module, of the same
+convolution as one `lax.conv_general_dilated` over NDHWC (how nn.Conv computes it) and
+of torch.nn.Conv3d (channels-last-3d, eager), and the ratios.
+
+  python scripts/benchmark_conv3d.py                 # R(2+1)D-18 layer shapes, batch 2, 8 frames
+  python scripts/benchmark_conv3d.py --batch 8 --frames 16 --size 56 --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blastjax.models.video_resnet import Conv3d
+
+# (name, in channels, out channels, kernel, stride, pads, spatial scale vs --size)
+SHAPES = [
+    ("layer1 spatial 1x3x3", 64, 144, (1, 3, 3), (1, 1, 1), (0, 1, 1), 1),
+    ("layer1 temporal 3x1x1", 144, 64, (3, 1, 1), (1, 1, 1), (1, 0, 0), 1),
+    ("layer2 spatial 1x3x3", 128, 288, (1, 3, 3), (1, 1, 1), (0, 1, 1), 2),
+    ("layer2 temporal 3x1x1", 288, 128, (3, 1, 1), (1, 1, 1), (1, 0, 0), 2),
+    ("layer3 spatial 1x3x3", 256, 576, (1, 3, 3), (1, 1, 1), (0, 1, 1), 4),
+    ("layer3 temporal 3x1x1", 576, 256, (3, 1, 1), (1, 1, 1), (1, 0, 0), 4),
+]
+
+
+def median_ms(fn, repeats: int) -> float:
+  fn()  # compile / warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times)
+
+
+def jax_timings(x, cin, cout, kernel, stride, pads, repeats):
+  module = Conv3d(cout, kernel, stride, pads)
+  variables = module.init(jax.random.PRNGKey(0), x)
+
+  def loss_factorized(v, x):
+    return jnp.sum(module.apply(v, x) ** 2)
+
+  def loss_plain(v, x):
+    y = jax.lax.conv_general_dilated(x, v["params"]["kernel"], stride, tuple((p, p) for p in pads),
+                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    return jnp.sum(y ** 2)
+
+  out = {}
+  for name, loss in (("factorized", loss_factorized), ("plain", loss_plain)):
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    out[name] = median_ms(lambda: jax.block_until_ready(step(variables, x)), repeats)
+  factorized = jax.grad(loss_factorized, argnums=(0, 1))(variables, x)
+  plain = jax.grad(loss_plain, argnums=(0, 1))(variables, x)
+  out["max_grad_diff"] = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in
+                             zip(jax.tree.leaves(factorized), jax.tree.leaves(plain)))
+  return out
+
+
+def torch_ms(x, cin, cout, kernel, stride, pads, repeats):
+  import torch
+
+  conv = torch.nn.Conv3d(cin, cout, kernel, stride, pads, bias=False).to(memory_format=torch.channels_last_3d)
+  data = torch.from_numpy(np.array(x)).permute(0, 4, 1, 2, 3).contiguous(
+      memory_format=torch.channels_last_3d).requires_grad_(True)
+
+  def step():
+    conv.zero_grad()
+    data.grad = None
+    conv(data).pow(2).sum().backward()
+
+  return median_ms(step, repeats)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--frames", type=int, default=8)
+  parser.add_argument("--size", type=int, default=28, help="layer1 height = width")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--no_torch", action="store_true")
+  args = parser.parse_args(argv)
+  if min(args.batch, args.frames, args.size, args.repeats) < 1:
+    parser.error("--batch, --frames, --size and --repeats must be positive")
+  header = f"device: {jax.devices()[0].device_kind} | jax {jax.__version__} | python {platform.python_version()}"
+  if not args.no_torch:
+    import torch
+    header += f" | torch {torch.__version__} ({torch.get_num_threads()} threads)"
+  print(header)
+  print(f"batch {args.batch}, {args.frames} frames, layer1 {args.size}x{args.size}; jitted forward + backward, "
+        f"median of {args.repeats}")
+  columns = ["convolution", "input", "blastjax Conv3d ms", "XLA conv3d ms", "torch ms",
+             "Conv3d / XLA conv3d speed-up", "Conv3d / torch speed-up", "max grad diff / max |grad|"]
+  print("| " + " | ".join(columns) + " |")
+  print("|" + "---|" * len(columns))
+  rng = np.random.default_rng(0)
+  for name, cin, cout, kernel, stride, pads, scale in SHAPES:
+    size = max(1, args.size // scale)
+    x = jnp.asarray(rng.standard_normal((args.batch, args.frames, size, size, cin)), jnp.float32)
+    timings = jax_timings(x, cin, cout, kernel, stride, pads, args.repeats)
+    reference = None if args.no_torch else torch_ms(x, cin, cout, kernel, stride, pads, args.repeats)
+    row = [name, "x".join(map(str, x.shape)), f"{timings['factorized']:.2f}", f"{timings['plain']:.2f}",
+           "-" if reference is None else f"{reference:.2f}",
+           f"{timings['plain'] / timings['factorized']:.2f}x",
+           "-" if reference is None else f"{reference / timings['factorized']:.2f}x",
+           f"{timings['max_grad_diff']:.1e}"]
+    print("| " + " | ".join(row) + " |", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
