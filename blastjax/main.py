@@ -77,10 +77,10 @@ def dataset_problems(config) -> list:
 
 def preflight(config) -> None:
   """Every check that needs no work: fields, model, devices, dataset."""
-  from blastjax import config_validation, train
+  from blastjax import config_validation, train_data
 
   try:
-    num_devices, device_problems = len(train.selected_devices(config)), []
+    num_devices, device_problems = len(train_data.selected_devices(config)), []
   except ValueError as error:
     num_devices, device_problems = None, [str(error)]
   except TypeError:  # a mistyped num_devices; validate() names it

@@ -130,33 +130,33 @@ class Predictor:
     self._features = None
     self.num_steps = None
     if self.spec.input_kind == "features":
-      from blastjax import train
+      from blastjax import train_data
       from blastjax.data import feature_cache
-      manifest = feature_cache.read_manifest(train.feature_cache_dir(self.config, workdir))
+      manifest = feature_cache.read_manifest(train_data.feature_cache_dir(self.config, workdir))
       if manifest is None:
-        raise PredictError(f"the feature cache of {workdir} ({train.feature_cache_dir(self.config, workdir)}) "
+        raise PredictError(f"the feature cache of {workdir} ({train_data.feature_cache_dir(self.config, workdir)}) "
                            "is missing: it fixes the sequence length the model was trained with")
       self.num_steps = int(manifest["max_steps"])
 
   def _probs(self, variables, x, mask):
     import jax
 
-    from blastjax import train
+    from blastjax import train_step
 
-    logits, _ = train.split_output(self.model.apply(variables, x, train=False,
-                                                    mask=None if self.spec.input_kind == "image" else mask))
-    logits = train.final_logits(logits, mask if self.spec.per_step else None, self.spec.per_step)
+    logits, _ = train_step.split_output(self.model.apply(variables, x, train=False,
+                                                         mask=None if self.spec.input_kind == "image" else mask))
+    logits = train_step.final_logits(logits, mask if self.spec.per_step else None, self.spec.per_step)
     return jax.nn.softmax(logits.astype("float32"), axis=-1)[:, 1]
 
   def _feature_row(self, example: dict) -> dict:
     """The embryo as a cached-features row (features models), extracted as in training."""
-    from blastjax import train
+    from blastjax import train_data
     from blastjax.data import feature_cache
 
-    key = id(example)
+    key = (example["embryo_id"], len(example["hours"]))
     if self._features is None or self._features[0] != key:
-      settings = train.extraction_settings(self.config)
-      variables = train.extractor_variables(self.config, settings, log=lambda _: None)
+      settings = train_data.extraction_settings(self.config)
+      variables = train_data.extractor_variables(self.config, settings, log=lambda _: None)
       (features, hours), = feature_cache.extract_features(
           [example], variables=variables, model_name=self.config.feature_extractor, settings=settings,
           progress=False)
@@ -165,7 +165,7 @@ class Predictor:
     return self._features[1]
 
   def _loader(self, example: dict, observe_hours):
-    from blastjax import train
+    from blastjax import train_data
     from blastjax.data import feature_pipeline, pipeline
 
     common = dict(indices=[0], batch_size=1, shuffle=False, num_epochs=1, observe_hours=observe_hours,
@@ -173,7 +173,7 @@ class Predictor:
     if self.spec.input_kind == "features":
       return feature_pipeline.make_feature_loader([self._feature_row(example)], num_steps=self.num_steps,
                                                   **common)
-    options = train.loader_options(self.config, train=False)
+    options = train_data.loader_options(self.config, train=False)
     options["worker_count"] = 0
     return pipeline.make_loader([example], augment=False, **common, **options)
 

@@ -1,7 +1,7 @@
 """Training throughput of blastjax against the PyTorch reference, in the same run.
 
 For each model and shape it times steady-state training steps of blastjax's own train
-step (`blastjax.train.make_train_step` wrapped by `blastjax.train.Runner`, pmap by
+step (`blastjax.train_step.make_train_step` wrapped by `blastjax.train_step.Runner`, pmap by
 default: what `python -m blastjax.main` runs), compilation excluded and reported
 separately: samples/s, step time median and interquartile range, peak device memory
 (XLA's buffer estimate where the device reports none, as on CPU), and achieved FLOP/s

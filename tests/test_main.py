@@ -10,7 +10,6 @@ import pytest
 
 import train_helpers as th
 from blastjax import main, train
-from blastjax.data import splits
 
 
 @pytest.fixture(scope="module")

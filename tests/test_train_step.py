@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from blastjax import models, train
+from blastjax import models, train, train_step
 
 # float32 on CPU; the 4-device runs sum partial gradients in another order. Dropout is
 # off in the comparison (its masks are drawn per device) and so is BatchNorm (its
@@ -102,7 +102,7 @@ def test_invalid_rows_and_padded_steps_do_not_change_the_update():
 def test_final_logits_takes_the_last_valid_step():
   logits = jnp.arange(2 * 4 * 2, dtype=jnp.float32).reshape(2, 4, 2)
   mask = jnp.asarray([[False, False, True, True], [False, False, False, False]])
-  out = train.final_logits(logits, mask, per_step=True)
+  out = train_step.final_logits(logits, mask, per_step=True)
   np.testing.assert_array_equal(out, np.stack([logits[0, 1], logits[1, 3]]))
 
 

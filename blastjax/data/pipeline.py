@@ -26,7 +26,6 @@ floor(n/S) records; otherwise ceil(n/S), short shards repeating a record marked
 
 from __future__ import annotations
 
-import math
 import sys
 import zlib
 from typing import Optional

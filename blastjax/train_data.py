@@ -1,0 +1,246 @@
+"""What a run reads: the dataset (or its feature cache), its splits, the devices used,
+and the loaders of training and evaluation batches; `evaluate_split` turns a split's
+predictions into metrics, per-embryo rows and the early-prediction curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from blastjax.train_step import Runner
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Data:
+  """The source of a run and its splits (indices into the source)."""
+
+  source: Any
+  train: np.ndarray
+  test: np.ndarray
+  validation: np.ndarray
+  labels: np.ndarray
+  embryo_ids: np.ndarray
+  patient_ids: np.ndarray
+
+
+def open_source(config):
+  """Builds the dataset on first use (process 0) and opens it."""
+  from blastjax.data import dataset
+
+  data_dir = config.data_dir or None
+  options = dict(config.dataset_options)
+  if jax.process_index() == 0:
+    dataset.ensure_built(config.dataset, data_dir, manual_dir=config.manual_dir or None, **options)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("blastjax_dataset_built")
+  return dataset.load_source(config.dataset, "all", data_dir, **options)
+
+
+def make_data(config, source, train_idx=None, test_idx=None) -> Data:
+  """The paper's split (or the given train/test indices) plus a validation split."""
+  from blastjax.data import splits
+
+  meta = source.metadata()
+  labels = meta["labels"]
+  if train_idx is None:
+    train_idx, test_idx = splits.paper_split(labels, config.split_seed)
+  validation = np.zeros(0, np.int64)
+  if config.validation_fraction > 0:
+    train_idx, validation = splits.validation_split(train_idx, labels, config.validation_fraction,
+                                                    config.split_seed)
+  return Data(source, np.asarray(train_idx), np.asarray(test_idx), validation, labels,
+              meta["embryo_ids"], meta["patient_ids"])
+
+
+def loader_options(config, train: bool) -> dict:
+  sampling = config.sampling
+  if not train:
+    sampling = config.eval_sampling or ("uniform" if sampling == "clip" else sampling)
+  return dict(sampling=sampling, num_frames=config.num_frames, image_size=config.image_size,
+              focal_planes=config.focal_planes, rgb=config.rgb, segment_hours=config.segment_hours,
+              clip_length=config.clip_length or None, window_stride=config.window_stride or None,
+              normalization=config.normalization, worker_count=config.worker_count)
+
+
+def selected_devices(config) -> list:
+  """The devices a run uses: every device, or the first `config.num_devices` of each process."""
+  wanted = config.get("num_devices", 0)
+  if not wanted:
+    return jax.devices()
+  chosen = []
+  for process in range(jax.process_count()):
+    local = [d for d in jax.devices() if d.process_index == process]
+    if wanted > len(local):
+      raise ValueError(f"config.num_devices={wanted}: process {process} has only {len(local)} devices")
+    chosen += local[:wanted]
+  return chosen
+
+
+def local_device_count(config) -> int:
+  """Devices of this process the run uses (the leading axis of every batch)."""
+  return config.get("num_devices", 0) or jax.local_device_count()
+
+
+def per_process_batch(global_batch: int) -> int:
+  return global_batch // jax.process_count()
+
+
+def reads_features(config) -> bool:
+  from blastjax import models
+
+  return models.get_spec(config.model).input_kind == "features"
+
+
+def extraction_settings(config):
+  """How the feature cache of a 'features' model samples and prepares frames."""
+  from blastjax.data import feature_cache
+
+  return feature_cache.ExtractionSettings(
+      mode=config.sampling, num_frames=config.num_frames, clip_length=config.clip_length or config.num_frames,
+      window_stride=config.window_stride or None, image_size=config.image_size,
+      in_channels=3 if config.rgb else 1, batch_size=max(1, config.eval_batch_size))
+
+
+def feature_cache_dir(config, workdir: str) -> str:
+  return config.feature_cache_dir or os.path.join(workdir, "features")
+
+
+def extractor_variables(config, settings, log: Callable[[str], None] = print):
+  """The feature extractor's converted weights, or a seeded random init (smoke runs)."""
+  from blastjax.data import feature_cache
+
+  if config.feature_weights:
+    from blastjax import weights
+    variables, _ = weights.load_variables(config.feature_weights)
+    return variables
+  log(f"config.feature_weights is empty: {config.feature_extractor} features from a random init "
+      f"(seed {config.seed}); fine for a smoke test, not for results")
+  return feature_cache.init_extractor_variables(config.feature_extractor, {}, settings, config.seed)
+
+
+def open_features(config, workdir: str, source, log: Callable[[str], None] = print):
+  """The feature cache of `source` (built by process 0 on first use, rebuilt when the
+  extractor, its weights, the settings or the data changed)."""
+  from blastjax.data import feature_cache
+
+  cache_dir = feature_cache_dir(config, workdir)
+  settings = extraction_settings(config)
+  variables = extractor_variables(config, settings, log)
+  if jax.process_index() == 0:
+    feature_cache.ensure_cache(source, cache_dir, variables=variables, model_name=config.feature_extractor,
+                               settings=settings, progress=config.progress)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("blastjax_features_built")
+  features = feature_cache.FeatureSource(cache_dir)
+  if len(features) != len(source):
+    raise ValueError(f"feature cache {cache_dir} holds {len(features)} embryos, the dataset {len(source)}: "
+                     "delete the cache so that it is rebuilt")
+  return features
+
+
+def with_features(config, workdir: str, data: Data, log: Callable[[str], None] = print) -> Data:
+  """`data` reading cached features instead of frames when the model takes features."""
+  if not reads_features(config):
+    return data
+  return dataclasses.replace(data, source=open_features(config, workdir, data.source, log))
+
+
+def make_loader(config, data: Data, indices, train: bool, observe_hours=None):
+  """Training batches (shuffled, endless) or evaluation batches (one pass) of `indices`."""
+  options = dict(indices=indices, batch_size=per_process_batch(config.batch_size if train else config.eval_batch_size),
+                 shuffle=train, seed=config.seed, num_epochs=None if train else 1, drop_remainder=train,
+                 observe_hours=observe_hours, num_devices=local_device_count(config))
+  if reads_features(config):
+    from blastjax.data import feature_pipeline
+    return feature_pipeline.make_feature_loader(data.source, worker_count=config.worker_count, **options)
+  from blastjax.data import pipeline
+  return pipeline.make_loader(data.source, augment=config.augment and train, **options,
+                              **loader_options(config, train=train))
+
+
+def train_loader(config, data: Data):
+  return make_loader(config, data, data.train, train=True)
+
+
+def steps_per_epoch(config, data: Data) -> int:
+  from blastjax.data import pipeline
+
+  per_process = per_process_batch(config.batch_size)
+  steps = pipeline.batches_per_epoch(data.train.size, per_process, True, jax.process_count())
+  if steps == 0:
+    raise ValueError(f"the training split has {data.train.size} embryos, fewer than one global batch "
+                     f"(config.batch_size={config.batch_size}): lower batch_size or use more data")
+  return steps
+
+
+def predict(runner: Runner, state, config, data: Data, indices, observe_hours=None):
+  """(example indices, P(blast)) over `indices`; sliding windows averaged per embryo."""
+  from blastjax import evaluate
+
+  loader = make_loader(config, data, indices, train=False, observe_hours=observe_hours)
+  rows, probs, valid = [], [], []
+  for batch in loader:
+    probs.append(runner.eval_step(state, batch))
+    rows.append(np.asarray(batch["example_index"]).reshape(-1))
+    valid.append(np.asarray(batch["valid"]).reshape(-1))
+  rows, probs, valid = map(np.concatenate, (rows, probs, valid))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    rows, probs, valid = (np.asarray(multihost_utils.process_allgather(a)).reshape(-1)
+                          for a in (rows, probs, valid))
+  rows, probs = rows[valid], probs[valid]
+  return evaluate.average_by_example(rows, probs)
+
+
+def evaluate_split(runner: Runner, state, config, data: Data, indices, early: bool = True):
+  """Metrics, per-embryo prediction rows and the early-prediction curve of a split."""
+  from blastjax import evaluate
+
+  index, probs = predict(runner, state, config, data, indices)
+  labels = data.labels[index]
+  metrics = evaluate.classification_metrics(labels, probs)
+  metrics["num_embryos"] = int(index.size)
+  rows = [{"embryo_id": str(data.embryo_ids[i]), "patient_id": str(data.patient_ids[i]),
+           "label": int(data.labels[i]), "prob_blast": float(p), "predicted": int(p >= 0.5)}
+          for i, p in zip(index, probs)]
+  curve = None
+  if early and config.early_hours:
+    by_hours = {}
+    for hours in sorted(config.early_hours):
+      cut_index, cut_probs = predict(runner, state, config, data, indices, observe_hours=float(hours))
+      if not np.array_equal(cut_index, index):
+        raise ValueError(f"early prediction at {hours} h lost embryos: the cut-off is before their first frame")
+      by_hours[float(hours)] = cut_probs
+      for row, p in zip(rows, cut_probs):
+        row[f"prob_blast_{hours:g}h"] = float(p)
+    curve = evaluate.early_prediction(labels, by_hours)
+  return metrics, rows, curve
+
+
+def write_data_info(workdir: str, source, data: Data) -> None:
+  """What the model was trained on (focal planes, frame size, frames per embryo), so
+  that predict can refuse input that does not match instead of answering wrongly."""
+  import io
+  from PIL import Image
+
+  example = source[int(data.train[0])]
+  width, height = Image.open(io.BytesIO(bytes(example["frames"][0, 0]))).size
+  frames = [int(source.raw(int(i))["hours"].shape[0]) for i in data.train[:64]]
+  info = {"focal_planes": [int(p) for p in np.asarray(example["focal_planes"]).reshape(-1)],
+          "frame_size": [int(width), int(height)], "min_frames": int(min(frames)),
+          "max_frames": int(max(frames)), "num_train": int(data.train.size)}
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "data_info.json.tmp"), "w") as f:
+    json.dump(info, f, indent=2)
+  os.replace(os.path.join(workdir, "data_info.json.tmp"), os.path.join(workdir, "data_info.json"))

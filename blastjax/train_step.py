@@ -1,0 +1,297 @@
+"""The train state, the one-device train and eval steps, and their pmap / shard_map wrapper.
+
+The step is written once, as the work of one device, with its collectives over the
+axis 'batch' (DESIGN.md): the loss is the class-weighted mean over every valid row
+(and every unpadded step of per-step models) of the *global* batch, so gradients
+averaged with `lax.pmean` equal the gradients of the one-device step on the same
+global batch. BatchNorm statistics are computed per device (as torch DDP without
+SyncBN) and `batch_stats` averaged over devices after each step. `Runner` wraps the
+step with `jax.pmap` (default) or `jax.jit(jax.shard_map(...))` over a 1-D mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from blastjax import checkpoint as ckpt_lib
+
+AXIS = "batch"
+
+
+# ---------------------------------------------------------------------------- model io
+
+
+def model_inputs(batch: dict, input_kind: str):
+  """(x, mask) a model takes from a batch; image models get mask=None."""
+  x = batch["features"] if input_kind == "features" else batch["image"]
+  return x, (None if input_kind == "image" else batch["mask"])
+
+
+def final_logits(logits, mask, per_step: bool):
+  """[B, C] logits: the last valid step's for per-step models ([B, T, C])."""
+  if not per_step:
+    return logits
+  steps = logits.shape[1]
+  valid = ~mask if mask is not None else jnp.ones(logits.shape[:2], bool)
+  last = steps - 1 - jnp.argmax(valid[:, ::-1], axis=1)
+  return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+
+
+def split_output(out):
+  """Models may return (logits, aux_logits) in train mode (Inception-v3)."""
+  if isinstance(out, (tuple, list)):
+    return out[0], out[1]
+  return out, None
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+
+def freeze_labels(params, freeze: str):
+  """'frozen' for every parameter created before the first module named `freeze`.
+
+  Parameter order is creation order (Flax keeps it in its dicts), so `freeze='layer4'`
+  trains layer4 and everything after it (Hara: fine-tune only conv5_x and fc).
+  """
+  flat = traverse_util.flatten_dict(params)
+  keys = list(flat)
+  first = next((i for i, k in enumerate(keys)
+                if any(part == freeze or str(part).startswith(freeze + "_") or str(part).startswith(freeze + ".")
+                       for part in k)), None)
+  if first is None:
+    names = sorted({k[0] for k in keys})
+    raise ValueError(f"config.freeze={freeze!r} matches no module of the model; top-level modules: "
+                     f"{', '.join(names)}")
+  labels = {k: ("frozen" if i < first else "trained") for i, k in enumerate(keys)}
+  return traverse_util.unflatten_dict(labels)
+
+
+def learning_rate_schedule(config, total_steps: int):
+  lr = config.learning_rate
+  if config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps, max(total_steps, config.warmup_steps + 1))
+  if config.warmup_steps:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, config.warmup_steps), optax.constant_schedule(lr)],
+                                [config.warmup_steps])
+  return optax.constant_schedule(lr)
+
+
+def make_optimizer(config, params, total_steps: int, steps_per_epoch: int):
+  """AdamW (+ clipping, schedule, reduce-on-plateau, freezing) as one optax transform.
+
+  Reduce-on-plateau (Hara et al.) scales the update by `plateau_factor` when the
+  epoch-mean training loss has not improved for `plateau_patience` epochs; its state
+  lives in the optimizer state, so it is checkpointed with it.
+  """
+  parts = []
+  if config.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  parts.append(optax.adamw(learning_rate_schedule(config, total_steps), weight_decay=config.weight_decay))
+  if config.schedule == "plateau":
+    parts.append(optax.contrib.reduce_on_plateau(factor=config.plateau_factor, patience=config.plateau_patience,
+                                                 accumulation_size=max(1, steps_per_epoch)))
+  tx = optax.chain(*parts)
+  if config.freeze:
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                               freeze_labels(params, config.freeze))
+  return tx
+
+
+def class_weight_vector(config, train_labels) -> np.ndarray:
+  if config.class_weights == "none":
+    return np.ones(2, np.float32)
+  if config.class_weights == "balanced":
+    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=2).astype(np.float64)
+    return (counts.sum() / (2.0 * np.maximum(counts, 1.0))).astype(np.float32)
+  return np.asarray([float(w) for w in config.class_weights.split(",")], np.float32)
+
+
+# ---------------------------------------------------------------------------- the step
+
+
+def init_state(model, tx, variables: dict, seed: int) -> dict:
+  """The train state: a plain dict (checkpointed as is)."""
+  return {"step": np.asarray(0, np.int32), "params": variables["params"],
+          "batch_stats": variables.get("batch_stats", {}),
+          "opt_state": tx.init(variables["params"]),
+          "rng": np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)))}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  input_kind: str
+  per_step: bool
+  class_weights: tuple = (1.0, 1.0)
+  aux_loss_weight: float = 0.4
+  skip_nonfinite: bool = False
+
+
+def make_train_step(model, tx, sc: StepConfig) -> Callable:
+  """The step of one device; collectives over AXIS. Returns (new_state, metrics)."""
+
+  def train_step(state, batch):
+    x, mask = model_inputs(batch, sc.input_kind)
+    labels, valid = batch["label"], batch["valid"].astype(jnp.float32)
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"]),
+                             lax.axis_index(AXIS))
+    row_weights = jnp.asarray(sc.class_weights, jnp.float32)[labels] * valid
+    if sc.per_step:
+      weights = row_weights[:, None] * (~batch["mask"]).astype(jnp.float32)
+      targets = jnp.broadcast_to(labels[:, None], batch["mask"].shape)
+    else:
+      weights, targets = row_weights, labels
+    total = jnp.maximum(lax.psum(weights.sum(), AXIS), 1e-12)
+    devices = lax.psum(1.0, AXIS)
+
+    def loss_fn(params):
+      variables = {"params": params}
+      if state["batch_stats"]:
+        variables["batch_stats"] = state["batch_stats"]
+      out, updates = model.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"],
+                                 rngs={"dropout": rng})
+      logits, aux = split_output(out)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+      loss_sum = (ce * weights).sum()
+      if aux is not None:
+        aux_ce = optax.softmax_cross_entropy_with_integer_labels(aux.astype(jnp.float32), targets)
+        loss_sum = loss_sum + sc.aux_loss_weight * (aux_ce * weights).sum()
+      return loss_sum * devices / total, (updates, logits)
+
+    # Differentiate per-device copies: under shard_map the gradient of a replicated
+    # (invariant) input would otherwise arrive already summed over devices.
+    local_params = jax.tree.map(lambda p: lax.pcast(p, AXIS, to="varying"), state["params"])
+    (loss, (updates, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
+    grads = lax.pmean(grads, AXIS)
+    loss = lax.pmean(loss, AXIS)
+    batch_stats = lax.pmean(updates.get("batch_stats", state["batch_stats"]), AXIS)
+    grad_norm = optax.tree.norm(grads)
+    param_updates, opt_state = tx.update(grads, state["opt_state"], state["params"], value=loss)
+    params = optax.apply_updates(state["params"], param_updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
+           "opt_state": opt_state, "rng": state["rng"]}
+    if sc.skip_nonfinite:
+      kept = {k: v for k, v in state.items() if k != "step"}
+      changed = {k: v for k, v in new.items() if k != "step"}
+      merged = jax.tree.map(lambda a, b: jnp.where(finite, a, b), changed, kept)
+      new = {"step": new["step"], **merged}
+    preds = jnp.argmax(final_logits(logits, mask if sc.per_step else None, sc.per_step), -1)
+    correct = lax.psum(((preds == labels) * valid).sum(), AXIS)
+    count = lax.psum(valid.sum(), AXIS)
+    metrics = {"loss": loss, "accuracy": correct / jnp.maximum(count, 1.0), "grad_norm": grad_norm,
+               "finite": finite}
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(model, sc: StepConfig) -> Callable:
+  """P(blast) of every row of one device's batch."""
+
+  def eval_step(state, batch):
+    x, mask = model_inputs(batch, sc.input_kind)
+    variables = {"params": state["params"]}
+    if state["batch_stats"]:
+      variables["batch_stats"] = state["batch_stats"]
+    logits, _ = split_output(model.apply(variables, x, train=False, mask=mask))
+    logits = final_logits(logits, mask if sc.per_step else None, sc.per_step)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+
+  return eval_step
+
+
+# ---------------------------------------------------------------------------- parallel
+
+
+class Runner:
+  """Runs the one-device steps on every device with pmap or jit + shard_map.
+
+  Batches arrive as this process's [local_devices, per_device, ...] arrays; the state
+  as one host copy. `put_state` places it (replicated), `host_state` brings it back.
+  """
+
+  def __init__(self, train_step: Callable, eval_step: Callable, parallel: str = "pmap",
+               devices=None):
+    self.parallel = parallel
+    self.devices = list(devices) if devices is not None else jax.devices()
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    if parallel == "pmap":
+      self._train = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=self.devices)
+      self._eval = jax.pmap(eval_step, axis_name=AXIS, devices=self.devices)
+      self._place = jax.pmap(lambda tree: tree, axis_name=AXIS, devices=self.devices)
+    elif parallel == "shard_map":
+      self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
+      self._replicated = NamedSharding(self.mesh, P())
+      self._sharded = NamedSharding(self.mesh, P(AXIS))
+
+      def train_one(state, batch):
+        return train_step(state, jax.tree.map(lambda v: v[0], batch))
+
+      def eval_one(state, batch):
+        return eval_step(state, jax.tree.map(lambda v: v[0], batch))[None]
+
+      self._train = jax.jit(jax.shard_map(train_one, mesh=self.mesh, in_specs=(P(), P(AXIS)),
+                                          out_specs=(P(), P())), donate_argnums=(0,))
+      self._eval = jax.jit(jax.shard_map(eval_one, mesh=self.mesh, in_specs=(P(), P(AXIS)),
+                                         out_specs=P(AXIS)))
+    else:
+      raise ValueError(f"parallel={parallel!r}: choose 'pmap' or 'shard_map'")
+
+  def put_state(self, state):
+    if self.parallel == "pmap":
+      # Through an identity pmap, so the first step sees device arrays of the same kind
+      # as the step's own outputs (host arrays would make the second call recompile).
+      stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(self.local_devices),) + np.shape(x)),
+                             state)
+      return self._place(stacked)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), self._replicated, lambda index: np.asarray(x)[index]), state)
+
+  def put_batch(self, batch):
+    if self.parallel == "pmap":
+      return batch
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._sharded, np.asarray(x)), batch)
+
+  def host_state(self, state):
+    if self.parallel == "pmap":
+      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x[0])
+                          .reshape(x.shape[1:]), state)
+    return ckpt_lib.to_numpy_tree(state)
+
+  def train_step(self, state, batch):
+    return self._train(state, self.put_batch(batch))
+
+  def compile_train_step(self, state, batch):
+    """The train step compiled ahead of time for these shapes (what `train_step` runs).
+
+    Returns a jax `Compiled`: call it as `compiled(state, runner.put_batch(batch))`; its
+    `input_shardings`, `cost_analysis()` and `memory_analysis()` serve benchmarks.
+    """
+    return self._train.lower(state, self.put_batch(batch)).compile()
+
+  def eval_step(self, state, batch) -> np.ndarray:
+    """This process's probabilities, [local_devices * per_device]."""
+    out = self._eval(state, self.put_batch(batch))
+    if self.parallel == "pmap":
+      return np.asarray(out).reshape(-1)
+    shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data).reshape(-1) for s in shards])
+
+
+def metrics_to_host(metrics) -> dict:
+  """One device's copy of the (replicated) step metrics as Python scalars."""
+  out = {}
+  for key, value in metrics.items():
+    if isinstance(value, jax.Array):
+      value = value.addressable_data(0)
+    out[key] = np.asarray(value).reshape(-1)[0].item()
+  return out
