@@ -140,8 +140,9 @@ def test_registered_shapes(name, expected):
   assert jax.eval_shape(lambda v, y: features.apply(v, y), variables, x).shape == (2, 16)
 
 
-@pytest.mark.parametrize("name", ["resnet_convlstm", "resnet_convgru"])
-def test_train_step_with_padding_lowers_loss_and_ignores_padding(name):
+# Adam at 1e-2 overshoots on the ConvGRU head's second step; 1e-3 lowers its loss steadily.
+@pytest.mark.parametrize("name,learning_rate", [("resnet_convlstm", 1e-2), ("resnet_convgru", 1e-3)])
+def test_train_step_with_padding_lowers_loss_and_ignores_padding(name, learning_rate):
   # Stem + layer1 of a ResNet-18 keeps the compile short; the chunked remat scan is the same.
   model = models.create(name, backbone="resnet18", backbone_stages=1, hidden_size=4,
                         frames_per_chunk=2, dropout_rate=0.2)
@@ -152,7 +153,7 @@ def test_train_step_with_padding_lowers_loss_and_ignores_padding(name):
   noisy[mask] = 50.0 * rng.standard_normal(noisy[mask].shape)
   labels = jnp.asarray([0, 1])
   variables = jax.jit(lambda v: model.init(jax.random.PRNGKey(0), v, mask=jnp.asarray(mask)))(x)
-  optimizer = optax.adam(1e-2)
+  optimizer = optax.adam(learning_rate)
 
   @jax.jit
   def step(params, batch_stats, opt_state, images):
