@@ -60,24 +60,8 @@ def make_feature_loader(source, *, indices=None, num_steps: Optional[int] = None
   `pipeline.make_loader`; `num_steps` defaults to the longest cached sequence)."""
   if batch_size <= 0 or (num_devices is not None and (num_devices <= 0 or batch_size % num_devices)):
     raise ValueError(f"batch_size={batch_size} must be positive and divisible by num_devices={num_devices}")
-  indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
-  if indices.size == 0:
-    raise ValueError("indices is empty: the split has no examples")
-  if indices.min() < 0 or indices.max() >= len(source):
-    raise ValueError(f"indices must lie in [0, {len(source)}); got min {indices.min()}, max {indices.max()}")
   num_steps = int(num_steps or source.max_steps)
-  shard_index, shard_count = 0, 1
-  if shard_by_process:
-    shard = grain.ShardByJaxProcess(drop_remainder=drop_remainder)
-    shard_index, shard_count = shard.shard_index, shard.shard_count
-  if worker_count > 0:
-    pipeline._ensure_flags_parsed()
-  operations = [pipeline._NotHole(), _PadFeatures(num_steps, observe_hours),
-                grain.Batch(batch_size, drop_remainder=drop_remainder,
-                            batch_fn=pipeline._Collate(batch_size, num_devices))]
-  sampler = pipeline._Sampler(indices.size, batch_size, worker_count, shuffle, seed, num_epochs,
-                              shard_index, shard_count, drop_remainder)
-  return grain.DataLoader(
-      data_source=pipeline._Subset(source, indices), sampler=sampler, operations=operations,
-      worker_count=worker_count, worker_buffer_size=max(1, prefetch),
-      shard_options=grain.NoSharding())
+  return pipeline.batched_loader(source, [_PadFeatures(num_steps, observe_hours)], indices=indices,
+                                 batch_size=batch_size, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
+                                 drop_remainder=drop_remainder, worker_count=worker_count, prefetch=prefetch,
+                                 num_devices=num_devices, shard_by_process=shard_by_process)

@@ -373,6 +373,27 @@ def make_loader(source, *, indices=None, sampling: str = "uniform", num_frames: 
     bool [B] (False for rows padding the final batch).
   """
   _check_arguments(sampling, focal_planes, rgb, batch_size, num_devices, num_frames, image_size)
+  prepare = _Prepare(
+      sampling=sampling, num_frames=num_frames, image_size=image_size, focal_planes=focal_planes,
+      rgb=rgb, augment=augment, augment_config=augment_lib.as_config(augment_config),
+      observe_hours=observe_hours, segment_hours=segment_hours, clip_length=clip_length,
+      window_stride=window_stride, normalization=normalization,
+      random_sampling=augment if random_sampling is None else random_sampling)
+  if sampling == "sliding_windows":
+    transforms = [_SplitWindows(prepare), _PrepareWindow(prepare, seed)]
+  else:
+    transforms = [_PrepareOne(prepare)]
+  return batched_loader(source, transforms, indices=indices, batch_size=batch_size, shuffle=shuffle,
+                        seed=seed, num_epochs=num_epochs, drop_remainder=drop_remainder,
+                        worker_count=worker_count, prefetch=prefetch, num_devices=num_devices,
+                        shard_by_process=shard_by_process,
+                        read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=_READ_AHEAD))
+
+
+def batched_loader(source, transforms, *, indices, batch_size, shuffle, seed, num_epochs, drop_remainder,
+                   worker_count, prefetch, num_devices, shard_by_process, read_options=None) -> grain.DataLoader:
+  """The record order, sharding, holes and collation every loader shares, around the
+  per-record `transforms` that turn a source example into a row."""
   indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
   if indices.size == 0:
     raise ValueError("indices is empty: the split has no examples")
@@ -382,27 +403,16 @@ def make_loader(source, *, indices=None, sampling: str = "uniform", num_frames: 
   if shard_by_process:
     shard = grain.ShardByJaxProcess(drop_remainder=drop_remainder)
     shard_index, shard_count = shard.shard_index, shard.shard_count
-  prepare = _Prepare(
-      sampling=sampling, num_frames=num_frames, image_size=image_size, focal_planes=focal_planes,
-      rgb=rgb, augment=augment, augment_config=augment_lib.as_config(augment_config),
-      observe_hours=observe_hours, segment_hours=segment_hours, clip_length=clip_length,
-      window_stride=window_stride, normalization=normalization,
-      random_sampling=augment if random_sampling is None else random_sampling)
   if worker_count > 0:
     _ensure_flags_parsed()
-  if sampling == "sliding_windows":
-    operations = [_NotHole(), _SplitWindows(prepare), _PrepareWindow(prepare, seed)]
-  else:
-    operations = [_NotHole(), _PrepareOne(prepare)]
-  operations.append(grain.Batch(batch_size, drop_remainder=drop_remainder,
-                                batch_fn=_Collate(batch_size, num_devices)))
+  operations = [_NotHole(), *transforms,
+                grain.Batch(batch_size, drop_remainder=drop_remainder, batch_fn=_Collate(batch_size, num_devices))]
   sampler = _Sampler(indices.size, batch_size, worker_count, shuffle, seed, num_epochs,
                      shard_index, shard_count, drop_remainder)
   return grain.DataLoader(
       data_source=_Subset(source, indices), sampler=sampler, operations=operations,
       worker_count=worker_count, worker_buffer_size=max(1, prefetch),
-      shard_options=grain.NoSharding(),
-      read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=_READ_AHEAD))
+      shard_options=grain.NoSharding(), read_options=read_options)
 
 
 def _ensure_flags_parsed():
