@@ -4,6 +4,8 @@ import io
 import os
 import pickle
 import shutil
+import threading
+import time
 
 import jax
 import numpy as np
@@ -148,6 +150,30 @@ def test_source_pickles_and_reports_missing_cache(built, tmp_path):
   np.testing.assert_array_equal(clone[1]["features"], cached[1]["features"])
   with pytest.raises(FileNotFoundError, match="manifest.json"):
     fc.FeatureSource(str(tmp_path / "nowhere"))
+
+
+def test_concurrent_first_reads_open_the_arrays_once(built, monkeypatch):
+  """Grain's reader threads hit a fresh source together; np.load must run once per array."""
+  _, _, cached = built
+  fresh = pickle.loads(pickle.dumps(cached))
+  calls = []
+  real_load = np.load
+
+  def slow_load(*args, **kwargs):
+    calls.append(args[0])
+    time.sleep(0.05)  # widens the window in which a second thread would also load
+    return real_load(*args, **kwargs)
+
+  monkeypatch.setattr(fc.np, "load", slow_load)
+  results = [None] * 8
+  threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, fresh[i % 5]["features"]))
+             for i in range(8)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert sorted(os.path.basename(path) for path in calls) == ["features.npy", "hours.npy"]
+  np.testing.assert_array_equal(results[1], cached[1]["features"])
 
 
 def test_bad_settings_are_reported():

@@ -45,6 +45,7 @@ import io
 import json
 import os
 import shutil
+import threading
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -349,6 +350,7 @@ class FeatureSource:
     self._offsets = np.load(os.path.join(cache_dir, "offsets.npy"))
     self._labels = np.load(os.path.join(cache_dir, "labels.npy"))
     self._arrays = None
+    self._open_lock = threading.Lock()
 
   def __getstate__(self):
     return {"cache_dir": self.cache_dir}
@@ -357,9 +359,16 @@ class FeatureSource:
     self.__init__(state["cache_dir"])
 
   def _open(self):
-    if self._arrays is None:
-      self._arrays = tuple(np.load(os.path.join(self.cache_dir, f"{name}.npy"), mmap_mode="r")
-                           for name in ("features", "hours"))
+    """Memory-maps the arrays once, under a lock.
+
+    Grain's reader threads call `__getitem__` concurrently; without the lock each would
+    parse the .npy headers at the same time, and CPython 3.11's `ast` (which np.load
+    uses for the header) fails under that ("AST constructor recursion depth mismatch").
+    """
+    with self._open_lock:
+      if self._arrays is None:
+        self._arrays = tuple(np.load(os.path.join(self.cache_dir, f"{name}.npy"), mmap_mode="r")
+                             for name in ("features", "hours"))
     return self._arrays
 
   def __len__(self) -> int:
