@@ -87,6 +87,7 @@ def default_config():
   c.skip_nonfinite = False
   c.multihost = False             # call jax.distributed.initialize()
   c.worker_count = 0
+  c.prefetch_to_device = 2        # batches placed on the devices ahead of the step
   c.progress = True
   return c
 
@@ -132,7 +133,7 @@ def _range_problems(c) -> list:
               "checkpoint_every_steps", "eval_every_steps", "log_every_steps", "num_folds"):
     need(c[key] > 0, f"config.{key}={c[key]}: must be positive")
   for key in ("num_steps", "clip_length", "window_stride", "warmup_steps", "worker_count", "seed",
-              "split_seed", "num_devices"):
+              "split_seed", "num_devices", "prefetch_to_device"):
     need(c[key] >= 0, f"config.{key}={c[key]}: must be >= 0")
   need(c.num_steps > 0 or c.num_epochs > 0, f"config.num_epochs={c.num_epochs} with num_steps=0: one must be positive")
   need(c.learning_rate > 0, f"config.learning_rate={c.learning_rate}: must be positive")

@@ -25,8 +25,9 @@ from blastjax import checkpoint as ckpt_lib
 from blastjax.train_data import (Data, evaluate_split, make_data, open_source,
                                  reads_features, selected_devices, steps_per_epoch, train_loader,
                                  with_features, write_data_info)
-from blastjax.train_step import (Runner, StepConfig, class_weight_vector, init_state, make_eval_step,
-                                 make_optimizer, make_train_step, metrics_to_host, model_inputs)
+from blastjax.train_step import (DevicePrefetch, Runner, StepConfig, class_weight_vector, init_state,
+                                 make_eval_step, make_optimizer, make_train_step, metrics_to_host,
+                                 model_inputs)
 
 
 
@@ -196,6 +197,7 @@ def train(config, workdir: str, data: Data, log: Callable[[str], None] = print) 
     log(f"resumed from {workdir}/checkpoints step {int(meta['step'])}")
   else:
     iterator = iter(loader)
+  iterator = DevicePrefetch(iterator, built.runner.put_batch, config.prefetch_to_device)
   best = {"value": meta.get("best_value"), "step": meta.get("best_step")}
   start = int(host_state["step"])
   state = built.runner.put_state(host_state)
@@ -243,8 +245,8 @@ def train(config, workdir: str, data: Data, log: Callable[[str], None] = print) 
   tic, tic_step = time.perf_counter(), start
   try:
     for step in range(start + 1, steps + 1):
-      batch = next(iterator)
-      state, metrics = built.runner.train_step(state, batch)
+      batch, placed = next(iterator)
+      state, metrics = built.runner.train_step_placed(state, placed)
       pending.append((step, metrics, np.asarray(batch["example_index"]).reshape(-1)[
           np.asarray(batch["valid"]).reshape(-1)]))
       bar.update(1)

@@ -11,8 +11,9 @@ step with `jax.pmap` (default) or `jax.jit(jax.shard_map(...))` over a 1-D mesh.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -228,6 +229,8 @@ class Runner:
       self._train = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=self.devices)
       self._eval = jax.pmap(eval_step, axis_name=AXIS, devices=self.devices)
       self._place = jax.pmap(lambda tree: tree, axis_name=AXIS, devices=self.devices)
+      # Row i of a [local_devices, ...] batch on local device i, as pmap splits it.
+      self._local_rows = NamedSharding(Mesh(np.asarray(self.local_devices), (AXIS,)), P(AXIS))
     elif parallel == "shard_map":
       self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
       self._replicated = NamedSharding(self.mesh, P())
@@ -257,8 +260,13 @@ class Runner:
         np.shape(x), self._replicated, lambda index: np.asarray(x)[index]), state)
 
   def put_batch(self, batch):
+    """This process's host batch as device arrays, split over the local devices.
+
+    The copy starts at once and runs asynchronously; `DevicePrefetch` calls this ahead of
+    the step so the copy overlaps earlier steps' compute.
+    """
     if self.parallel == "pmap":
-      return batch
+      return jax.device_put(batch, self._local_rows)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._sharded, np.asarray(x)), batch)
 
   def host_state(self, state):
@@ -268,7 +276,12 @@ class Runner:
     return ckpt_lib.to_numpy_tree(state)
 
   def train_step(self, state, batch):
-    return self._train(state, self.put_batch(batch))
+    """One step on a host batch (placed on the devices first)."""
+    return self.train_step_placed(state, self.put_batch(batch))
+
+  def train_step_placed(self, state, placed_batch):
+    """One step on a batch already placed by `put_batch` (as `DevicePrefetch` yields)."""
+    return self._train(state, placed_batch)
 
   def compile_train_step(self, state, batch):
     """The train step compiled ahead of time for these shapes (what `train_step` runs).
@@ -285,6 +298,41 @@ class Runner:
       return np.asarray(out).reshape(-1)
     shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
     return np.concatenate([np.asarray(s.data).reshape(-1) for s in shards])
+
+
+class DevicePrefetch:
+  """Yields (host batch, placed batch) with `size` more batches already on the devices.
+
+  Placing batch t+1..t+size while step t runs hides the host-to-device copy behind
+  compute (what flax's prefetch_to_device does). `get_state()` is the wrapped iterator's
+  state as of the last batch handed out, not of those buffered ahead, so a checkpoint
+  resumes at the next batch the step has not seen. size=0 places each batch when asked.
+  """
+
+  def __init__(self, iterator: Iterator, put: Callable, size: int):
+    if size < 0:
+      raise ValueError(f"prefetch size {size}: use 0 (no prefetch) or more")
+    self._iterator, self._put, self._size = iterator, put, size
+    self._ahead = collections.deque()
+    self._state = iterator.get_state()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while len(self._ahead) <= self._size:
+      try:
+        batch = next(self._iterator)
+      except StopIteration:
+        break
+      self._ahead.append((batch, self._put(batch), self._iterator.get_state()))
+    if not self._ahead:
+      raise StopIteration
+    batch, placed, self._state = self._ahead.popleft()
+    return batch, placed
+
+  def get_state(self):
+    return self._state
 
 
 def metrics_to_host(metrics) -> dict:

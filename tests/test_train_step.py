@@ -164,3 +164,52 @@ def test_compiled_train_step_equals_train_step(parallel):
   ahead, _ = compiled(runner.put_state(state), runner.put_batch(batch))
   live, _ = runner.train_step(runner.put_state(state), batch)
   assert _max_diff(runner.host_state(ahead)["params"], runner.host_state(live)["params"]) == 0.0
+
+
+class _ListIterator:
+  """Yields `items` in order; its state is how many it handed out (as grain's position)."""
+
+  def __init__(self, items):
+    self._items, self._position = list(items), 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._position == len(self._items):
+      raise StopIteration
+    self._position += 1
+    return self._items[self._position - 1]
+
+  def get_state(self):
+    return self._position
+
+
+@pytest.mark.parametrize("size", [0, 1, 3])
+def test_device_prefetch_runs_ahead_but_reports_the_consumed_position(size):
+  source = _ListIterator(range(5))
+  placed = []
+  prefetch = train_step.DevicePrefetch(source, lambda b: placed.append(b) or -b, size)
+  assert prefetch.get_state() == 0 and placed == []
+  assert next(prefetch) == (0, 0)
+  assert placed == list(range(min(size + 1, 5)))  # the step's batch and `size` more, placed
+  assert prefetch.get_state() == 1  # resume would start at batch 1, whatever is buffered
+  assert list(prefetch) == [(b, -b) for b in range(1, 5)]
+  assert prefetch.get_state() == 5 and placed == list(range(5))
+  with pytest.raises(ValueError, match="prefetch size -1"):
+    train_step.DevicePrefetch(_ListIterator([0]), lambda b: b, -1)
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
+def test_prefetched_batches_give_the_same_steps(parallel):
+  devices = jax.devices()[:2]
+  batches = [_batch(2, 2, seed=s) for s in range(3)]
+  model, tx, sc, state = _setup()
+  runner = train.Runner(train.make_train_step(model, tx, sc), train.make_eval_step(model, sc),
+                        parallel, devices=devices)
+  prefetched = runner.put_state(state)
+  for _, placed in train_step.DevicePrefetch(_ListIterator(batches), runner.put_batch, 2):
+    prefetched, _ = runner.train_step_placed(prefetched, placed)
+  reference = _run(parallel, devices, batches)[0]
+  assert _max_diff(runner.host_state(prefetched)["params"], reference["params"]) == 0.0
+
