@@ -61,10 +61,6 @@ def test_validation_lists_every_problem():
   assert config_validation.validate(config) == ["config.batch_size='8': expected int, got str"]
 
 
-# Too large for a CPU test even at tiny sizes (parameters + Adam state of ViT-L: 3.6 GB).
-HEAVY = {"vit_l_16"}
-
-
 @pytest.fixture
 def release_compiled():
   """Frees each model's compiled programs after its test: an xdist worker that kept them
@@ -78,7 +74,7 @@ def release_compiled():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in CONFIG_FILES if n not in HEAVY])
+@pytest.mark.parametrize("name", CONFIG_FILES)
 def test_smoke_variant_trains_a_step(name, tmp_path_factory, release_compiled):
   data_dir = th.build_small_dataset(str(tmp_path_factory.getbasetemp() / "configs_data"))
   config = _config(name, "smoke")

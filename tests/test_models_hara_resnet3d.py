@@ -17,20 +17,10 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 CASES = ("hara_resnet3d_18", "hara_resnet3d_34", "hara_resnet3d_50", "hara_resnet3d_50_options")
 
 
-def _param_count(variables) -> int:
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables["params"]))
-
-
 @functools.lru_cache(maxsize=None)
 def _load_case(name):
-  fixture = golden.load_fixture(os.path.join(FIXTURES, f"{name}.npz"))
-  state = golden.golden_state_dict(fixture["keys_and_shapes"], fixture["seed"])
-  clip = fixture["inputs"]["clip_u8"].astype(np.float32) / 127.5 - 1.0  # NCTHW
-  clip = np.transpose(clip, (0, 2, 3, 4, 1))  # NTHWC
-  meta = fixture["meta"]
-  variables = weights.from_torch(meta["model"], state, num_classes=2,
-                                 example_input=np.zeros(clip.shape, np.float32), **meta["kwargs"])
-  return fixture, variables, clip
+  meta = golden.load_fixture(os.path.join(FIXTURES, f"{name}.npz"))["meta"]
+  return golden.load_converted_case(os.path.join(FIXTURES, f"{name}.npz"), meta["model"], **meta["kwargs"])
 
 
 @pytest.fixture(scope="module", params=CASES)
@@ -56,7 +46,7 @@ def test_golden_logits(golden_case):
 
 def test_parameter_count_equals_reference(golden_case):
   fixture, variables, _ = golden_case
-  assert _param_count(variables) == fixture["meta"]["num_params"]
+  assert golden.param_count(variables) == fixture["meta"]["num_params"]
 
 
 @pytest.mark.parametrize("name,expected", [("hara_resnet3d_18", 33_031_106),
@@ -66,7 +56,7 @@ def test_registered_defaults(name, expected):
   """18 uses type-A shortcuts (no downsample parameters), 34 and 50 type B."""
   model = models.create(name, num_classes=2)
   shapes = weights.variable_shapes(model, np.zeros((1, 8, 32, 32, 3), np.float32))
-  assert _param_count(shapes) == expected
+  assert golden.param_count(shapes) == expected
   has_downsample = "downsample_0" in shapes["params"]["layer2"]["0"]
   assert has_downsample == (name != "hara_resnet3d_18")
 

@@ -17,19 +17,9 @@ from blastjax.testing import golden
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 
 
-def _param_count(variables) -> int:
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables["params"]))
-
-
 @functools.lru_cache(maxsize=None)
 def _load_case(name):
-  fixture = golden.load_fixture(os.path.join(FIXTURES, f"{name}.npz"))
-  state = golden.golden_state_dict(fixture["keys_and_shapes"], fixture["seed"])
-  clip = fixture["inputs"]["clip_u8"].astype(np.float32) / 127.5 - 1.0  # NCTHW
-  clip = np.transpose(clip, (0, 2, 3, 4, 1))  # NTHWC
-  variables = weights.from_torch("i3d", state, num_classes=2,
-                                 example_input=np.zeros(clip.shape, np.float32))
-  return fixture, variables, clip
+  return golden.load_converted_case(os.path.join(FIXTURES, f"{name}.npz"), "i3d")
 
 
 @pytest.fixture(scope="module", params=["i3d", "i3d_odd"])
@@ -80,7 +70,7 @@ def test_same_padding_is_tensorflow_same(size, pads):
 def test_parameter_count_equals_reference(num_classes, expected):
   model = models.create("i3d", num_classes=num_classes)
   shapes = weights.variable_shapes(model, np.zeros((1, 8, 32, 32, 3), np.float32))
-  assert _param_count(shapes) == expected
+  assert golden.param_count(shapes) == expected
 
 
 @pytest.fixture(scope="module")

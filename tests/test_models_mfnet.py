@@ -16,19 +16,9 @@ import video_checks
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 
 
-def _param_count(variables) -> int:
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables["params"]))
-
-
 @functools.lru_cache(maxsize=None)
 def _load_case(name):
-  fixture = golden.load_fixture(os.path.join(FIXTURES, f"{name}.npz"))
-  state = golden.golden_state_dict(fixture["keys_and_shapes"], fixture["seed"])
-  clip = fixture["inputs"]["clip_u8"].astype(np.float32) / 127.5 - 1.0  # NCTHW
-  clip = np.transpose(clip, (0, 2, 3, 4, 1))  # NTHWC
-  variables = weights.from_torch("mfnet3d", state, num_classes=2,
-                                 example_input=np.zeros(clip.shape, np.float32))
-  return fixture, variables, clip
+  return golden.load_converted_case(os.path.join(FIXTURES, f"{name}.npz"), "mfnet3d")
 
 
 @pytest.fixture(scope="module", params=["mfnet3d", "mfnet3d_odd"])
@@ -57,9 +47,9 @@ def test_parameter_count_equals_reference(num_classes):
   reference = _load_case("mfnet3d")[0]["meta"]["num_params"]
   model = models.create("mfnet3d", num_classes=num_classes)
   shapes = weights.variable_shapes(model, np.zeros((1, 4, 16, 16, 3), np.float32))
-  assert _param_count(shapes) == reference[str(num_classes)]
+  assert golden.param_count(shapes) == reference[str(num_classes)]
   if num_classes == 2:
-    assert _param_count(shapes) == 7_690_306
+    assert golden.param_count(shapes) == 7_690_306
 
 
 def test_features_and_feature_map():

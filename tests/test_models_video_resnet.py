@@ -10,15 +10,12 @@ import torchvision
 
 from blastjax import models, weights
 from blastjax.models import video_resnet
+from blastjax.testing import golden
 import video_checks
 
 NAMES = ("r3d_18", "mc3_18", "r2plus1d_18")
 # torchvision's parameter counts with num_classes=2 (paper Table 4: 33.15M, 11.47M, 31.30M).
 EXPECTED_PARAMS = {"r3d_18": 33_167_298, "mc3_18": 11_491_266, "r2plus1d_18": 31_301_151}
-
-
-def _param_count(variables) -> int:
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables["params"]))
 
 
 def _randomise_batch_norm(model: torch.nn.Module, seed: int) -> None:
@@ -62,8 +59,8 @@ def test_parity_with_torchvision(converted):
 
 def test_parameter_count_equals_torchvision(converted):
   name, reference, variables = converted
-  assert _param_count(variables) == sum(p.numel() for p in reference.parameters())
-  assert _param_count(variables) == EXPECTED_PARAMS[name]
+  assert golden.param_count(variables) == sum(p.numel() for p in reference.parameters())
+  assert golden.param_count(variables) == EXPECTED_PARAMS[name]
 
 
 def test_split_network_equals_whole():

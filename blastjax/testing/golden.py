@@ -13,7 +13,10 @@ Recording scripts (in `scripts/golden/`) call `golden_state_dict` on the referen
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -65,3 +68,46 @@ def load_fixture(path: str) -> dict:
     outputs = {k[len("output_"):]: data[k] for k in data.files if k.startswith("output_")}
   header["keys_and_shapes"] = [(k, tuple(s)) for k, s in header["keys_and_shapes"]]
   return {**header, "inputs": inputs, "outputs": outputs}
+
+
+def clip_from_u8(clip_u8: np.ndarray) -> np.ndarray:
+  """A fixture's uint8 NCTHW clip as the float NTHWC input both sides saw (u8 / 127.5 - 1)."""
+  return np.transpose(clip_u8.astype(np.float32) / 127.5 - 1.0, (0, 2, 3, 4, 1))
+
+
+def load_converted_case(path: str, model_name: str, **convert_kwargs) -> tuple[dict, dict, np.ndarray]:
+  """(fixture, converted Flax variables, NTHWC clip) for a video model's golden fixture.
+
+  The weights are redrawn from the fixture's seed and converted by
+  `blastjax.weights.from_torch(model_name, ..., num_classes=2, **convert_kwargs)`.
+  """
+  from blastjax import weights
+  fixture = load_fixture(path)
+  state = golden_state_dict(fixture["keys_and_shapes"], fixture["seed"])
+  clip = clip_from_u8(fixture["inputs"]["clip_u8"])
+  variables = weights.from_torch(model_name, state, num_classes=2,
+                                 example_input=np.zeros(clip.shape, np.float32), **convert_kwargs)
+  return fixture, variables, clip
+
+
+def param_count(variables: Mapping) -> int:
+  """Number of parameters in variables['params']."""
+  import jax
+  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables["params"]))
+
+
+def recording_args(description: str, reference: str) -> tuple[str, str, str]:
+  """(checkout, commit, out_dir) from a recording script's command line.
+
+  `reference` names the repository the checkout is of (e.g. 'piergiaj/pytorch-i3d'); the
+  commit defaults to the checkout's HEAD, out_dir to tests/fixtures/golden.
+  """
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("checkout", help=f"path of a {reference} checkout")
+  parser.add_argument("--commit", help="its commit (default: git rev-parse HEAD in the checkout)")
+  parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(__file__), "..", "..",
+                                                        "tests", "fixtures", "golden"))
+  args = parser.parse_args()
+  commit = args.commit or subprocess.run(["git", "-C", args.checkout, "rev-parse", "HEAD"],
+                                         capture_output=True, text=True, check=True).stdout.strip()
+  return args.checkout, commit, args.out_dir

@@ -10,10 +10,8 @@ order), runs it in eval mode on a seeded uint8 clip (scaled to [-1, 1] as
 logits. The fixture's meta names the blastjax model and its keyword arguments.
 """
 
-import argparse
 import importlib.util
 import os
-import subprocess
 
 import numpy as np
 import torch
@@ -70,16 +68,7 @@ def record(checkout: str, commit: str, out_dir: str) -> None:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("checkout", help="path of a kenshohara/3D-ResNets-PyTorch checkout")
-  parser.add_argument("--commit", help="its commit (default: git rev-parse HEAD in the checkout)")
-  parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(__file__), "..", "..",
-                                                        "tests", "fixtures", "golden"))
-  args = parser.parse_args()
-  commit = args.commit or subprocess.run(["git", "-C", args.checkout, "rev-parse", "HEAD"],
-                                         capture_output=True, text=True, check=True).stdout.strip()
-  record(args.checkout, commit, args.out_dir)
-
+  record(*golden.recording_args(__doc__.split("\n")[0], "kenshohara/3D-ResNets-PyTorch"))
 
 if __name__ == "__main__":
   main()

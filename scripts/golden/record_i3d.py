@@ -14,9 +14,7 @@ the reference's `avg_pool` is replaced by an AvgPool3d with the clipped window (
 operation the reference performs at 224x224).
 """
 
-import argparse
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -67,16 +65,7 @@ def record(checkout: str, commit: str, out_dir: str) -> None:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("checkout", help="path of a piergiaj/pytorch-i3d checkout")
-  parser.add_argument("--commit", help="its commit (default: git rev-parse HEAD in the checkout)")
-  parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(__file__), "..", "..",
-                                                        "tests", "fixtures", "golden"))
-  args = parser.parse_args()
-  commit = args.commit or subprocess.run(["git", "-C", args.checkout, "rev-parse", "HEAD"],
-                                         capture_output=True, text=True, check=True).stdout.strip()
-  record(args.checkout, commit, args.out_dir)
-
+  record(*golden.recording_args(__doc__.split("\n")[0], "piergiaj/pytorch-i3d"))
 
 if __name__ == "__main__":
   main()

@@ -15,9 +15,7 @@ at 16 x 224 x 224), and the odd-sized case runs the reference's layers one after
 other, as its `forward` does, without the frame-count assertion.
 """
 
-import argparse
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -75,16 +73,7 @@ def record(checkout: str, commit: str, out_dir: str) -> None:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("checkout", help="path of a cypw/PyTorch-MFNet checkout")
-  parser.add_argument("--commit", help="its commit (default: git rev-parse HEAD in the checkout)")
-  parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(__file__), "..", "..",
-                                                        "tests", "fixtures", "golden"))
-  args = parser.parse_args()
-  commit = args.commit or subprocess.run(["git", "-C", args.checkout, "rev-parse", "HEAD"],
-                                         capture_output=True, text=True, check=True).stdout.strip()
-  record(args.checkout, commit, args.out_dir)
-
+  record(*golden.recording_args(__doc__.split("\n")[0], "cypw/PyTorch-MFNet"))
 
 if __name__ == "__main__":
   main()

@@ -16,9 +16,7 @@ Writes to tests/fixtures/golden/:
   `blastjax.testing.golden.golden_state_dict`, eval mode, logits on one small clip.
 """
 
-import argparse
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -84,18 +82,10 @@ def record_model(commit: str, out_dir: str) -> None:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("checkout", help="path of a mit-han-lab/temporal-shift-module checkout")
-  parser.add_argument("--commit", help="its commit (default: git rev-parse HEAD in the checkout)")
-  parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(__file__), "..", "..",
-                                                        "tests", "fixtures", "golden"))
-  args = parser.parse_args()
-  commit = args.commit or subprocess.run(["git", "-C", args.checkout, "rev-parse", "HEAD"],
-                                         capture_output=True, text=True, check=True).stdout.strip()
-  sys.path.insert(0, args.checkout)
-  record_shift(commit, args.out_dir)
-  record_model(commit, args.out_dir)
-
+  checkout, commit, out_dir = golden.recording_args(__doc__.split("\n")[0], "mit-han-lab/temporal-shift-module")
+  sys.path.insert(0, checkout)
+  record_shift(commit, out_dir)
+  record_model(commit, out_dir)
 
 if __name__ == "__main__":
   main()
