@@ -64,3 +64,9 @@ def test_features_mode_and_dropout_rng():
   assert out[0].shape == (1, 1024)
   feature_map = jax.eval_shape(lambda v: model.apply(v, x, return_feature_map=True), shapes)
   assert feature_map.shape == (1, 1, 1, 1024)
+
+
+def test_wrong_channel_count_is_named():
+  model = models.create("densenet121", in_channels=1)
+  with pytest.raises(ValueError, match=r"DenseNet built with in_channels=1 got an input with 3 channels"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from blastjax import weights
+from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
 # torchvision's `transform_input`: re-normalises an ImageNet-normalised RGB input to the
@@ -193,10 +194,7 @@ class Inception3(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
     del mask  # Single-image model.
-    if self.in_channels is not None and x.shape[-1] != self.in_channels:
-      raise ValueError(f"inception_v3 built with in_channels={self.in_channels} got an input with "
-                       f"{x.shape[-1]} channels; pass images [B, H, W, {self.in_channels}] or "
-                       f"build the model with in_channels={x.shape[-1]}")
+    check_in_channels("inception_v3", self.in_channels, x)
     x = jnp.asarray(x, self.dtype)
     if self.transform_input:
       x = self._transform_input(x)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from blastjax import weights
+from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
 
@@ -139,10 +140,7 @@ class MobileNetV3(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
     del mask  # Single-image model.
-    if self.in_channels is not None and x.shape[-1] != self.in_channels:
-      raise ValueError(f"MobileNetV3 built with in_channels={self.in_channels} got an input with "
-                       f"{x.shape[-1]} channels; pass images [B, H, W, {self.in_channels}] or "
-                       f"build the model with in_channels={x.shape[-1]}")
+    check_in_channels("MobileNetV3", self.in_channels, x)
     x = jnp.asarray(x, self.dtype)
     unit = functools.partial(ConvNormActivation, dtype=self.dtype)
     x = unit(self.blocks[0].in_channels, 3, stride=2, activation=jax.nn.hard_swish,

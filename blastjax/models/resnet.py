@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from blastjax import weights
+from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
 Array = jax.Array
@@ -149,10 +150,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, return_feature_map: bool = False):
     del mask  # Single-image model.
-    if self.include_stem and self.in_channels is not None and x.shape[-1] != self.in_channels:
-      raise ValueError(f"ResNet built with in_channels={self.in_channels} got an input with "
-                       f"{x.shape[-1]} channels (shape {x.shape}); pass images with "
-                       f"{self.in_channels} channels or build the model with in_channels={x.shape[-1]}")
+    if self.include_stem:
+      check_in_channels("ResNet", self.in_channels, x)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, use_fast_variance=False, dtype=self.dtype)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from blastjax import weights
+from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
 PATCH_SIZE = 16
@@ -173,10 +174,7 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
     del mask  # Single-image model.
-    if self.in_channels is not None and x.shape[-1] != self.in_channels:
-      raise ValueError(f"ViT built with in_channels={self.in_channels} got an input with "
-                       f"{x.shape[-1]} channels; pass images [B, H, W, {self.in_channels}] or "
-                       f"build the model with in_channels={x.shape[-1]}")
+    check_in_channels("ViT", self.in_channels, x)
     height, width = x.shape[1:3]
     if height % PATCH_SIZE or width % PATCH_SIZE:
       raise ValueError(f"ViT input {height}x{width} is not a multiple of the patch size "
