@@ -100,7 +100,8 @@ def merge_pretrained(variables: dict, loaded: dict) -> tuple[dict, int, list]:
 
 @dataclasses.dataclass
 class Built:
-  """A model ready to run: module, spec, runner, initial host state."""
+  """A model ready to run: module, spec, runner, initial host state (None once `train`
+  has placed it on the devices)."""
 
   model: Any
   spec: Any
@@ -201,6 +202,8 @@ def train(config, workdir: str, data: Data, log: Callable[[str], None] = print) 
   best = {"value": meta.get("best_value"), "step": meta.get("best_step")}
   start = int(host_state["step"])
   state = built.runner.put_state(host_state)
+  # Placed: the host copy would only hold memory (on CPU, as much again as the state).
+  built.state = host_state = restored = None
   metric_log = MetricLog(workdir, start, enabled=lead)
   pending = []
 

@@ -10,3 +10,23 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import fcntl  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_large_model_at_a_time(request, tmp_path_factory):
+  """Tests marked `large_model` (5-11 GB each) hold an exclusive file lock shared by all
+  xdist workers, so two never run at once on CI's 24 GB (an overlap crashed a worker)."""
+  if request.node.get_closest_marker("large_model") is None:
+    yield
+    return
+  lock_path = tmp_path_factory.getbasetemp().parent / "large_model.lock"  # shared by workers
+  with open(lock_path, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)

@@ -18,6 +18,7 @@ import torchvision
 
 from blastjax import models, weights
 from blastjax.models import resnet
+from train_helpers import LARGE_MODEL
 
 NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
@@ -147,6 +148,7 @@ def test_train_steps_lower_the_loss(name):
   assert_train_steps_lower_the_loss(name)
 
 
+@LARGE_MODEL
 @pytest.mark.parametrize("name", DEEP)
 def test_one_train_step_lowers_the_loss_of_deep_nets(name):
   """On a 2-image batch in train mode, these randomly initialised nets are very sharp

@@ -15,6 +15,7 @@ from torchvision.models.vision_transformer import interpolate_embeddings
 from blastjax import models, weights
 from blastjax.models import vit
 from blastjax.testing.golden import golden_state_dict
+from train_helpers import LARGE_MODEL
 
 
 def param_count(variables) -> int:
@@ -145,7 +146,8 @@ def test_features_channels_and_errors():
                    jax.ShapeDtypeStruct((1, 40, 48, 3), jnp.float32))
 
 
-@pytest.mark.parametrize("name,batch,dropout", [("vit_b_16", 2, 0.1), ("vit_l_16", 1, 0.0)])
+@pytest.mark.parametrize("name,batch,dropout", [("vit_b_16", 2, 0.1),
+                                                 pytest.param("vit_l_16", 1, 0.0, marks=LARGE_MODEL)])
 def test_training_steps_lower_the_loss(name, batch, dropout):
   module = models.create(name, image_size=32, dropout=dropout, attention_dropout=dropout)
   x = jnp.asarray(images(batch, 32, seed=2).transpose(0, 2, 3, 1))

@@ -8,12 +8,17 @@ import os
 
 import flax.linen as nn
 import jax.numpy as jnp
+import pytest
 
 from blastjax import models
 from blastjax.config_validation import default_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+
+# Tests whose process peaks at 5-11 GB (ViT-L, the 100+-layer ResNets): conftest.py makes
+# them take turns across xdist workers, so two never overlap on CI's 24 GB.
+LARGE_MODEL = pytest.mark.large_model
 
 
 class TinyCNN(nn.Module):
