@@ -52,7 +52,8 @@ def converted(reference):
 
 
 @pytest.mark.parametrize("transform_input,shape", [(False, (2, 3, 107, 123)),
-                                                   (True, (2, 3, 75, 91))])
+                                                   (True, (2, 3, 75, 91)),
+                                                   (False, (2, 3, 400, 400))])  # the paper's size
 def test_logits_match_torchvision(reference, converted, transform_input, shape):
   x = nchw_input(shape)
   reference.transform_input = transform_input
