@@ -46,14 +46,9 @@ def read_embryo(embryo_dir: str) -> dict:
     raise PredictError(f"--embryo_dir {embryo_dir!r} is not a directory")
   embryo_id = os.path.basename(os.path.normpath(embryo_dir))
   try:
-    planes = layouts._folder_plane_frames(embryo_dir, embryo_id, set(layouts._plane_folders(embryo_dir)))
-    numbers = {n: p for frames in planes.values() for n, p in frames.items()}
-    hours = layouts._folder_hours(embryo_dir, embryo_id, numbers)
-    example = layouts._assemble(embryo_id, "", 0, planes, hours, "folder", None, embryo_dir)
+    return layouts.read_embryo_folder(embryo_dir, embryo_id)  # label unknown: -1
   except layouts.InvalidEmbryo as error:
     raise PredictError(str(error)) from error
-  example["label"] = -1
-  return example
 
 
 def check_compatible(example: dict, config, info: dict, spec) -> list:

@@ -287,6 +287,19 @@ def _folder_hours(embryo_dir: str, embryo_id: str, frames: dict[int, str]) -> di
   return hours
 
 
+def read_embryo_folder(embryo_dir: str, embryo_id: str, patient_id: str = "", label: int = -1,
+                       expected_planes=(), report: Optional[Report] = None, split: str = "") -> dict:
+  """One embryo folder of the `folder` layout (F<offset>/ plane sub-folders, frame files,
+  optional times.csv) as a checked example; raises InvalidEmbryo naming the file at fault.
+
+  `expected_planes`: plane folder names every embryo of the dataset must have.
+  """
+  planes = _folder_plane_frames(embryo_dir, embryo_id, expected_planes)
+  numbers = {n: p for frames in planes.values() for n, p in frames.items()}
+  hours = _folder_hours(embryo_dir, embryo_id, numbers)
+  return _assemble(embryo_id, patient_id, label, planes, hours, "folder", report, embryo_dir, split=split)
+
+
 def _assemble(embryo_id: str, patient_id: str, label: int, planes: dict[int, dict[int, str]],
               hours: dict[int, float], source: str, report: Optional[Report],
               embryo_dir: str, events: Optional[dict] = None, split: str = "") -> dict:
@@ -347,11 +360,8 @@ def read_folder_layout(root: str, report: Report, skip_invalid: bool = False) ->
       label = parse_label(row["label"] or "", embryo_id, os.path.join(root, "labels.csv"))
       if not (row["patient_id"] or "").strip():
         raise InvalidEmbryo(embryo_id, os.path.join(root, "labels.csv"), "patient_id is empty")
-      planes = _folder_plane_frames(embryo_dir, embryo_id, expected_planes)
-      numbers = {n: p for frames in planes.values() for n, p in frames.items()}
-      hours = _folder_hours(embryo_dir, embryo_id, numbers)
-      yield _assemble(embryo_id, (row["patient_id"] or "").strip(), label, planes, hours, "folder", report,
-                      embryo_dir, split=(row.get("split") or "").strip())
+      yield read_embryo_folder(embryo_dir, embryo_id, (row["patient_id"] or "").strip(), label,
+                               expected_planes, report, split=(row.get("split") or "").strip())
     except (InvalidEmbryo, OSError) as error:
       error = _as_invalid(error, embryo_id)
       if not skip_invalid:
