@@ -5,11 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blastjax import models, weights
+from blastjax import models
 from blastjax.models import densenet
-from test_models_resnet import (DEEP_FIRST_STEP_LR, FAST_COMPILE, assert_parity,
-                                assert_train_steps_lower_the_loss, convert_case, torch_logits,
-                                torch_model)
+from test_models_resnet import (DEEP_FIRST_STEP_LR, assert_case_parity,
+                                assert_train_steps_lower_the_loss, convert_case)
 
 NAMES = ["densenet121", "densenet169", "densenet201"]
 
@@ -19,11 +18,9 @@ def case(request):
   return request.param, convert_case(request.param)
 
 
-def test_parity_on_odd_input(case):
+def test_parity_on_odd_input_and_at_400(case):
   name, result = case
-  ours = jax.jit(models.create(name).apply).lower(result["variables"], result["x"]).compile(
-      compiler_options=FAST_COMPILE)(result["variables"], result["x"])
-  assert_parity(ours, result["reference"])
+  assert_case_parity(name, result)
 
 
 def test_parameter_count_equals_torchvision(case):
@@ -35,15 +32,6 @@ def test_parameter_count_equals_torchvision(case):
 @pytest.mark.parametrize("name, steps", [("densenet121", 4), ("densenet169", 2), ("densenet201", 4)])
 def test_train_steps_lower_the_loss(name, steps):
   assert_train_steps_lower_the_loss(name, steps, learning_rate=1e-4 if steps > 2 else DEEP_FIRST_STEP_LR)
-
-
-def test_parity_at_paper_size_400():
-  x = np.random.default_rng(1).standard_normal((1, 400, 400, 3)).astype(np.float32)
-  reference_model = torch_model("densenet121", seed=3)
-  variables = weights.from_torch("densenet121", reference_model.state_dict())
-  ours = jax.jit(models.create("densenet121").apply).lower(variables, x).compile(
-      compiler_options=FAST_COMPILE)(variables, x)
-  assert_parity(ours, torch_logits(reference_model, x))
 
 
 def test_key_map_uses_torchvision_names():

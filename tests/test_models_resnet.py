@@ -26,6 +26,7 @@ NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext5
 # are checked on the loss after it), the others four.
 TRAIN_NAMES = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]
 ODD_INPUT = (1, 67, 75, 3)  # H and W not multiples of 32.
+PAPER_INPUT = (1, 400, 400, 3)  # The paper's single-frame size.
 TRAIN_INPUT = (2, 64, 64, 3)  # layer4 is 2x2: batch statistics over 8 values.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -109,12 +110,23 @@ def train_losses(model, variables, steps=4, learning_rate=1e-4):
 
 
 def convert_case(name):
-  """A seeded torchvision model converted; its logits on the odd input and its size."""
+  """A seeded torchvision model converted; its logits on the odd input and on the paper's
+  400x400, and its size."""
   x = np.random.default_rng(0).standard_normal(ODD_INPUT).astype(np.float32)
+  x400 = np.random.default_rng(1).standard_normal(PAPER_INPUT).astype(np.float32)
   reference_model = torch_model(name)
-  return dict(x=x, reference=torch_logits(reference_model, x),
-              torch_params=sum(p.numel() for p in reference_model.parameters()),
-              variables=weights.from_torch(name, reference_model.state_dict()))
+  return {"x": x, "reference": torch_logits(reference_model, x),
+          "x400": x400, "reference400": torch_logits(reference_model, x400),
+          "torch_params": sum(p.numel() for p in reference_model.parameters()),
+          "variables": weights.from_torch(name, reference_model.state_dict())}
+
+
+def assert_case_parity(name, result, relative=1e-4):
+  """Our logits equal torchvision's on the odd input and at 400x400 (one compile each)."""
+  apply = jax.jit(models.create(name).apply)
+  for x, reference in ((result["x"], result["reference"]), (result["x400"], result["reference400"])):
+    ours = apply.lower(result["variables"], x).compile(compiler_options=FAST_COMPILE)(result["variables"], x)
+    assert_parity(ours, reference, relative=relative)
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -122,11 +134,9 @@ def case(request):
   return request.param, convert_case(request.param)
 
 
-def test_parity_on_odd_input(case):
+def test_parity_on_odd_input_and_at_400(case):
   name, result = case
-  ours = jax.jit(models.create(name).apply).lower(result["variables"], result["x"]).compile(
-      compiler_options=FAST_COMPILE)(result["variables"], result["x"])
-  assert_parity(ours, result["reference"], relative=5e-4 if name in DEEP else 1e-4)
+  assert_case_parity(name, result, relative=5e-4 if name in DEEP else 1e-4)
 
 
 def test_parameter_count_equals_torchvision(case):
@@ -172,14 +182,6 @@ def test_deep_parity_in_float64(name):
     ours = apply.lower(variables, x).compile(compiler_options=FAST_COMPILE)(variables, x)
     assert ours.dtype == jnp.float64
   assert_parity(ours, reference, relative=1e-10)
-
-
-def test_parity_at_paper_size_400():
-  x = np.random.default_rng(1).standard_normal((1, 400, 400, 3)).astype(np.float32)
-  reference_model = torch_model("resnet18", seed=3)
-  variables = weights.from_torch("resnet18", reference_model.state_dict())
-  ours = jax.jit(models.create("resnet18").apply)(variables, x)
-  assert_parity(ours, torch_logits(reference_model, x))
 
 
 @pytest.mark.parametrize("block_cls", [resnet.BasicBlock, resnet.Bottleneck])
