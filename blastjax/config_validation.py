@@ -15,10 +15,16 @@ FOCAL_PLANES = ("center", "axis", "channels")
 SCHEDULES = ("constant", "cosine", "plateau")
 DTYPES = ("float32", "bfloat16")
 PARALLEL = ("pmap", "shard_map")
-SPLITS = ("paper",)
+SPLITS = ("paper", "dataset", "patient")
 EVAL_CHECKPOINTS = ("best", "last")
 BEST_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1_macro")
 NORMALIZATIONS = ("imagenet", "kinetics", "symmetric", "none")
+# Fields holding a path: `~` is expanded in each (prepare).
+PATH_FIELDS = ("data_dir", "manual_dir", "feature_cache_dir", "init_from", "feature_weights")
+# dataset_options that only the synthetic simulator reads (the folder and gomez2022
+# readers ignore them; they would only rename the build directory).
+SIMULATOR_OPTIONS = ("num_embryos", "num_patients", "image_size", "interval_minutes", "horizon_hours",
+                     "simulator_seed", "image_format")
 
 
 class ConfigError(ValueError):
@@ -30,7 +36,7 @@ class ConfigError(ValueError):
 
 
 def default_config():
-  """Every config field with its default; configs/common.py builds the paper's setups on it."""
+  """Every config field with its default; blastjax.config_presets builds the paper's setups on it."""
   import ml_collections
 
   c = ml_collections.ConfigDict()
@@ -51,7 +57,7 @@ def default_config():
   c.sampling = "last_frame"
   c.eval_sampling = ""            # '' = sampling without randomness; 'sliding_windows' for clips
   c.clip_length = 0               # frames per clip ('clip' / 'sliding_windows'); 0 = num_frames
-  c.window_stride = 0             # sliding-window stride; 0 = clip_length // 2
+  c.window_stride = 0             # sliding-window stride; 0 = clip_length (non-overlapping windows)
   c.segment_hours = 6.0
   c.focal_planes = "center"
   c.rgb = True
@@ -61,7 +67,8 @@ def default_config():
   c.parallel = "pmap"
   c.num_devices = 0               # devices per process to use; 0 = all of them
   c.seed = 0
-  c.split = "paper"               # 'paper' half/half by embryo; folds come from cross_validation mode
+  c.split = "paper"               # 'paper' half/half by embryo, 'patient' half/half by patient, 'dataset' the
+                                  # dataset's split column; --mode cross_validation uses patient folds
   c.split_seed = 0
   c.num_folds = 5
   c.validation_fraction = 0.1     # of the training embryos; 0 = no validation (no best checkpoint)
@@ -223,6 +230,11 @@ def _feature_problems(c) -> list:
   if c.eval_sampling not in ("", c.sampling):
     problems.append(f"config.eval_sampling={c.eval_sampling!r}: model {c.model!r} is evaluated on the "
                     "same feature cache it trains on; leave eval_sampling empty")
+  if c.sampling == "uniform" and c.early_hours:
+    problems.append(f"config.early_hours={tuple(c.early_hours)} with sampling='uniform': model {c.model!r} "
+                    "reads features extracted from one clip over the whole sequence, whose temporal "
+                    "kernels reach frames after any cut-off, so early prediction would see the future; "
+                    "use sampling='sliding_windows' (each step sees only its window) or early_hours=()")
   if c.focal_planes != "center":
     problems.append(f"config.focal_planes={c.focal_planes!r}: features are extracted from the central "
                     "focal plane; use 'center'")
@@ -236,11 +248,38 @@ def _feature_problems(c) -> list:
   return problems
 
 
+def expand_path(path):
+  """`path` with `~` expanded (relative paths stay relative); non-strings unchanged."""
+  return os.path.expanduser(path) if isinstance(path, str) else path
+
+
+def prepare(config):
+  """The config a run uses, as a copy: `~` expanded in every path field, and the
+  simulator's dataset_options dropped for datasets other than 'synthetic'.
+
+  The second is what lets a `:smoke` config, whose dataset_options size the simulator,
+  read the user's data with --config.dataset=folder (overrides are applied after
+  get_config, so the variant cannot know the dataset). Idempotent; blastjax.main, the
+  training API (blastjax.train) and validate apply it.
+  """
+  import ml_collections
+
+  c = ml_collections.ConfigDict(config.to_dict())
+  for key in PATH_FIELDS:
+    if key in c:
+      c[key] = expand_path(c[key])
+  options = c.get("dataset_options")
+  if c.get("dataset") != "synthetic" and hasattr(options, "keys"):
+    c.dataset_options = {k: v for k, v in options.items() if k not in SIMULATOR_OPTIONS}
+  return c
+
+
 def validate(config, num_devices: Optional[int] = None) -> list:
-  """Every problem of `config`, one line each (empty when it can run)."""
+  """Every problem of `config` (as `prepare` leaves it), one line each (empty when it can run)."""
   problems = _type_problems(config)
   if problems:
     return problems
+  config = prepare(config)
   problems = _range_problems(config) + _model_problems(config)
   if num_devices:
     for key in ("batch_size", "eval_batch_size"):

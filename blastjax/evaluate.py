@@ -77,10 +77,26 @@ def _safe_div(num: float, den: float) -> float:
   return float(num / den) if den else float("nan")
 
 
+def _per_class(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+  """(precision, recall, F1) of one class; an undefined value counts as 0.
+
+  This is scikit-learn's `zero_division=0`: a class never predicted has precision 0,
+  so a model predicting one class cannot score a high macro F1.
+  """
+  precision = tp / (tp + fp) if tp + fp else 0.0
+  recall = tp / (tp + fn) if tp + fn else 0.0
+  f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+  return float(precision), float(recall), float(f1)
+
+
 def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
   """All binary metrics of one evaluation, as plain Python numbers (JSON-ready).
 
-  A prediction is blast when P(blast) >= threshold.
+  A prediction is blast when P(blast) >= threshold. Sensitivity, specificity and AUC are
+  NaN where undefined (a class absent from `labels`); balanced accuracy averages the
+  recalls of the classes present (scikit-learn's `balanced_accuracy_score`); the macro
+  precision, recall and F1 average both classes with undefined values counted as 0
+  (scikit-learn's `average='macro', labels=[0, 1], zero_division=0`).
   """
   labels, probs = _check_labels_probs(labels, probs)
   preds = (probs >= threshold).astype(np.int64)
@@ -90,21 +106,20 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
   fn = int(((preds == 0) & (labels == 1)).sum())
   sensitivity = _safe_div(tp, tp + fn)
   specificity = _safe_div(tn, tn + fp)
-  precision = [_safe_div(tn, tn + fn), _safe_div(tp, tp + fp)]  # per class: non_blast, blast
-  recall = [specificity, sensitivity]
-  f1 = [_safe_div(2 * p * r, p + r) if not (math.isnan(p) or math.isnan(r)) else float("nan")
-        for p, r in zip(precision, recall)]
+  present = [r for r in (specificity, sensitivity) if not math.isnan(r)]
+  per_class = [_per_class(tn, fn, fp), _per_class(tp, fp, fn)]  # non_blast, blast
+  precision, recall, f1 = (float(np.mean(values)) for values in zip(*per_class))
   return {
       "num_examples": int(labels.size),
       "num_blast": int(labels.sum()),
       "accuracy": _safe_div(tp + tn, labels.size),
-      "balanced_accuracy": float(np.nanmean(recall)) if not all(map(math.isnan, recall)) else float("nan"),
+      "balanced_accuracy": float(np.mean(present)),
       "auc": roc_auc(labels, probs),
       "sensitivity": sensitivity,
       "specificity": specificity,
-      "precision_macro": float(np.nanmean(precision)) if not all(map(math.isnan, precision)) else float("nan"),
-      "recall_macro": float(np.nanmean(recall)) if not all(map(math.isnan, recall)) else float("nan"),
-      "f1_macro": float(np.nanmean(f1)) if not all(map(math.isnan, f1)) else float("nan"),
+      "precision_macro": precision,
+      "recall_macro": recall,
+      "f1_macro": f1,
       # rows: true class (non_blast, blast); columns: predicted class.
       "confusion_matrix": [[tn, fp], [fn, tp]],
       "threshold": float(threshold),

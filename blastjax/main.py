@@ -6,7 +6,9 @@
     python -m blastjax.main --mode cross_validation --config configs/r2p1d.py --workdir runs/cv
 
 Rerunning the same command on the same workdir resumes from its last complete
-checkpoint. Config problems are reported one per line before anything is written,
+checkpoint. A config file loads from any working directory; `~` is expanded in
+--workdir, --config and every path field. Config problems (a missing config file, an
+unknown `:arg`, a bad field) are reported one per line before anything is written,
 with exit status 2; failures during the run (non-finite loss, unwritable workdir)
 exit with status 1 and one line saying what to do.
 """
@@ -19,6 +21,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from blastjax import config_validation
 
 MODES = ("train", "evaluate", "cross_validation")
 
@@ -114,22 +118,36 @@ def write_config(config, workdir: str) -> None:
   os.replace(tmp, path)
 
 
+def checked_source(config, mode: str):
+  """The dataset (built on first use), once the run's splits are known to suit it (the
+  split exists, the training side holds a batch): a UsageError before the workdir is touched."""
+  from blastjax import train_data
+
+  source = train_data.open_source(config)
+  try:
+    train_data.check_splits(config, source, cross_validation=mode == "cross_validation")
+  except train_data.SplitError as error:
+    raise UsageError(str(error)) from error
+  return source
+
+
 def run(config, workdir: str, mode: str) -> dict:
   from blastjax import checkpoint, train
 
   if mode == "evaluate":
     return train.evaluate_workdir(workdir)
+  source = checked_source(config, mode)
   checkpoint.check_writable(workdir)
   write_config(config, workdir)
   if mode == "cross_validation":
-    return train.cross_validate(config, workdir)
-  return train.train_and_evaluate(config, workdir)
+    return train.cross_validate(config, workdir, source=source)
+  return train.train_and_evaluate(config, workdir, source)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; use --config, --workdir, --mode", 2)
-  workdir = _WORKDIR.value
+  workdir = config_validation.expand_path(_WORKDIR.value)
   if not workdir:
     fail("--workdir is required", 2)
   config = _CONFIG.value
@@ -142,6 +160,7 @@ def main(argv) -> None:
   try:
     if _MODE.value == "evaluate":
       config = load_workdir_config(workdir)
+    config = config_validation.prepare(config)  # `~` in paths; simulator options of other datasets
     initialize_distributed(config)
     preflight(config)
     run(config, workdir, _MODE.value)
@@ -151,10 +170,67 @@ def main(argv) -> None:
     fail(str(error), 1)
 
 
-def parse_flags(argv):
-  """absl flag parsing with one clear line for a bad --config override."""
-  from blastjax import config_validation
+def config_flag(argv):
+  """(index in argv, value) of the last --config, in either form absl takes; None if absent."""
+  found = None
+  for index, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      break
+    name, equals, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      if equals:
+        found = (index, value)
+      elif index + 1 < len(argv):
+        found = (index + 1, argv[index + 1])
+  return found
 
+
+def missing_config(value: str, path: str) -> str:
+  """The error line for a --config file that does not exist, with the files beside it."""
+  folder = os.path.dirname(path) or "."
+  names = []
+  if os.path.isdir(folder):
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
+  where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
+  choices = (f"; config files in {folder}: {', '.join(names)}" if names
+             else "; give the path of a config file, e.g. configs/r2p1d.py:smoke")
+  return f"--config {value}: no such config file {path!r}{where}{choices}"
+
+
+def checked_config_path(argv) -> list:
+  """argv with `~` expanded in the --config path, once the file is known to exist
+  (ml_collections would only raise a traceback on first use of the config)."""
+  found = config_flag(argv)
+  if found is None:
+    return argv
+  index, value = found
+  path, colon, arg = value.partition(":")
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    fail(missing_config(value, path), 2)
+  argv = list(argv)
+  argv[index] = argv[index][:len(argv[index]) - len(value)] + path + colon + arg
+  return argv
+
+
+def config_argument_error(error: BaseException):
+  """The innermost ConfigArgumentError behind a flag error (ml_collections re-raises
+  get_config's error with its traceback in the message), or None."""
+  from blastjax.config_presets import ConfigArgumentError
+
+  found, seen = None, set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, ConfigArgumentError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
+
+
+def parse_flags(argv):
+  """absl flag parsing with one clear line for a missing --config file, an unknown
+  config argument (`configs/x.py:arg`) or a bad --config override."""
+  argv = checked_config_path(argv)
   known = set(config_validation.default_config().keys())
   for arg in argv[1:]:
     if arg.startswith("--config."):
@@ -164,6 +240,9 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
+    argument_error = config_argument_error(error)
+    if argument_error is not None:
+      fail(f"--config {config_flag(argv)[1]}: {argument_error}", 2)
     fail(f"{error}; see --helpfull", 2)
   except (AttributeError, KeyError, TypeError, ValueError) as error:
     fail(f"could not apply the config overrides: {error}", 2)

@@ -186,6 +186,7 @@ class Predictor:
 
 def predict_embryo(workdir: str, embryo_dir: str, hours=None, checkpoint: str = "") -> dict:
   """{'embryo_id', 'prob_blast', 'by_hours': {h: prob or None}, 'notes': [...]}."""
+  workdir, embryo_dir = os.path.expanduser(workdir), os.path.expanduser(embryo_dir)
   predictor = Predictor(workdir, checkpoint)
   example = read_embryo(embryo_dir)
   notes = check_compatible(example, predictor.config, predictor.info, predictor.spec)

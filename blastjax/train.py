@@ -22,8 +22,9 @@ import numpy as np
 from flax import traverse_util
 
 from blastjax import checkpoint as ckpt_lib
+from blastjax import config_validation
 from blastjax.train_data import (Data, evaluate_split, make_data, open_source,
-                                 reads_features, selected_devices, steps_per_epoch, train_loader,
+                                 reads_features, selected_devices, split_notes, steps_per_epoch, train_loader,
                                  with_features, write_data_info)
 from blastjax.train_step import (DevicePrefetch, Runner, StepConfig, class_weight_vector, init_state,
                                  make_eval_step, make_optimizer, make_train_step, metrics_to_host,
@@ -178,9 +179,17 @@ def _set_iterator_state(iterator, text: str) -> None:
   iterator.set_state(text.encode())
 
 
+def prepared(config, workdir: str):
+  """The config and workdir a run uses: config_validation.prepare (`~` expanded in every
+  path field, simulator options dropped for other datasets) and `~` expanded in workdir.
+  Every entry point below applies it, so the Python API behaves like blastjax.main."""
+  return config_validation.prepare(config), config_validation.expand_path(workdir)
+
+
 def train(config, workdir: str, data: Data, log: Callable[[str], None] = print) -> tuple[Built, dict]:
   """Trains (resuming from workdir/checkpoints) and returns the model and the state to
   evaluate (best validation checkpoint or last, per config.eval_checkpoint)."""
+  config, workdir = prepared(config, workdir)
   lead = jax.process_index() == 0
   epoch_steps = steps_per_epoch(config, data)
   steps = total_steps(config, epoch_steps)
@@ -286,9 +295,13 @@ def train_and_evaluate(config, workdir: str, source=None, train_idx=None, test_i
   """Trains, evaluates on the test split, writes metrics.json, predictions.csv, plots."""
   from blastjax import evaluate
 
+  config, workdir = prepared(config, workdir)
   source = source if source is not None else open_source(config)
   data = make_data(config, source, train_idx, test_idx)
   if jax.process_index() == 0:
+    if train_idx is None:  # cross-validation folds are logged by cross_validate
+      for note in split_notes(config, data):
+        log(note)
     write_data_info(workdir, source, data)
   data = with_features(config, workdir, data, log)
   built, final = train(config, workdir, data, log)
@@ -329,9 +342,11 @@ def evaluate_workdir(workdir: str, config=None, log: Callable[[str], None] = pri
   from blastjax import evaluate
   import ml_collections
 
+  workdir = config_validation.expand_path(workdir)
   if config is None:
     with open(os.path.join(workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
+  config = config_validation.prepare(config)
   data = with_features(config, workdir, make_data(config, open_source(config)), log)
   built, state = restore_for_evaluation(config, workdir, data, log)
   metrics, rows, curve = evaluate_split(built.runner, built.runner.put_state(state), config, data, data.test)
@@ -342,7 +357,7 @@ def evaluate_workdir(workdir: str, config=None, log: Callable[[str], None] = pri
   return metrics
 
 
-def cross_validate(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+def cross_validate(config, workdir: str, log: Callable[[str], None] = print, source=None) -> dict:
   """Patient-grouped k-fold: one run per fold in workdir/fold_<i>, then mean ± std.
 
   No patient is in both the training and the test side of a fold. Each fold resumes
@@ -351,14 +366,14 @@ def cross_validate(config, workdir: str, log: Callable[[str], None] = print) -> 
   import ml_collections
 
   from blastjax import evaluate
-  from blastjax.data import splits
+  from blastjax.train_data import cross_validation_folds
 
-  source = open_source(config)
+  config, workdir = prepared(config, workdir)
+  source = source if source is not None else open_source(config)
   if reads_features(config) and not config.feature_cache_dir:
     config = ml_collections.ConfigDict(config.to_dict())
     config.feature_cache_dir = os.path.join(workdir, "features")  # one cache for every fold
-  meta = source.metadata()
-  folds = splits.patient_kfold(meta["labels"], meta["patient_ids"], config.num_folds, config.split_seed)
+  folds = cross_validation_folds(config, source)
   fold_metrics, rows = [], []
   for fold, (train_idx, test_idx) in enumerate(folds):
     log(f"fold {fold + 1}/{len(folds)}: {train_idx.size} train, {test_idx.size} test embryos")

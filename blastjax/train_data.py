@@ -46,20 +46,102 @@ def open_source(config):
   return dataset.load_source(config.dataset, "all", data_dir, **options)
 
 
+class SplitError(ValueError):
+  """The dataset cannot give the split `config.split` asks for (a user error)."""
+
+
+def run_split(config, meta) -> tuple[np.ndarray, np.ndarray, Any]:
+  """(train, test, validation or None) of `config.split`; None: carve validation out of train."""
+  from blastjax.data import splits
+
+  labels, split = meta["labels"], config.split
+  try:
+    if split == "paper":
+      return (*splits.paper_split(labels, config.split_seed), None)
+    if split == "patient":
+      return (*splits.patient_split(labels, meta["patient_ids"], config.split_seed), None)
+    if split == "dataset":
+      train, test, validation = splits.dataset_split(meta["splits"], meta["embryo_ids"])
+      return train, test, (validation if validation.size else None)
+  except ValueError as error:
+    raise SplitError(f"config.split={split!r}: {error}") from error
+  raise SplitError(f"config.split={split!r}: choose one of paper, dataset, patient")
+
+
+def carve_validation(config, train_idx, labels, patient_ids) -> tuple[np.ndarray, np.ndarray]:
+  """(train, validation): `validation_fraction` of train, by patient under split='patient'."""
+  from blastjax.data import splits
+
+  if config.validation_fraction <= 0:
+    return np.asarray(train_idx, np.int64), np.zeros(0, np.int64)
+  try:
+    if config.split == "patient":
+      return splits.patient_validation_split(train_idx, labels, patient_ids, config.validation_fraction,
+                                             config.split_seed)
+    return splits.validation_split(train_idx, labels, config.validation_fraction, config.split_seed)
+  except ValueError as error:
+    raise SplitError(f"config.validation_fraction={config.validation_fraction}: {error}; "
+                     "set validation_fraction=0 or use more data") from error
+
+
 def make_data(config, source, train_idx=None, test_idx=None) -> Data:
-  """The paper's split (or the given train/test indices) plus a validation split."""
+  """The split `config.split` (or the given train/test indices) plus a validation split:
+  the dataset's own validation rows under split='dataset', else carved out of train."""
+  meta = source.metadata()
+  labels = meta["labels"]
+  validation = None
+  if train_idx is None:
+    train_idx, test_idx, validation = run_split(config, meta)
+  if validation is None:
+    train_idx, validation = carve_validation(config, train_idx, labels, meta["patient_ids"])
+  return Data(source, np.asarray(train_idx), np.asarray(test_idx), np.asarray(validation, np.int64), labels,
+              meta["embryo_ids"], meta["patient_ids"])
+
+
+def split_notes(config, data: Data) -> list:
+  """Log lines about the run's split: its sizes, and the patients with embryos on both
+  sides when the split is not patient-grouped."""
+  from blastjax.data import splits
+
+  name = f"split={config.split!r}"
+  notes = [f"{name}: {data.train.size} train, {data.validation.size} validation, {data.test.size} test embryos"]
+  shared = splits.shared_patients(data.patient_ids, np.concatenate([data.train, data.validation]), data.test)
+  if shared.size:
+    how = {"paper": " is by embryo", "dataset": " (the dataset's split column)"}.get(config.split, "")
+    notes.append(f"{name}{how}: {shared.size} patients have embryos in both train and test "
+                 f"(e.g. {', '.join(map(str, shared[:3]))}); use config.split='patient' for a patient-grouped split")
+  return notes
+
+
+def cross_validation_folds(config, source) -> list:
+  """The (train, test) indices of every fold of --mode cross_validation (patient-grouped)."""
   from blastjax.data import splits
 
   meta = source.metadata()
-  labels = meta["labels"]
-  if train_idx is None:
-    train_idx, test_idx = splits.paper_split(labels, config.split_seed)
-  validation = np.zeros(0, np.int64)
-  if config.validation_fraction > 0:
-    train_idx, validation = splits.validation_split(train_idx, labels, config.validation_fraction,
-                                                    config.split_seed)
-  return Data(source, np.asarray(train_idx), np.asarray(test_idx), validation, labels,
-              meta["embryo_ids"], meta["patient_ids"])
+  try:
+    return splits.patient_kfold(meta["labels"], meta["patient_ids"], config.num_folds, config.split_seed)
+  except ValueError as error:
+    raise SplitError(f"config.num_folds={config.num_folds}: {error}") from error
+
+
+def batch_problem(config, num_train: int) -> str:
+  """'' when the training split holds at least one batch per process, else what to do."""
+  from blastjax.data import pipeline
+
+  if pipeline.batches_per_epoch(num_train, per_process_batch(config.batch_size), True, jax.process_count()):
+    return ""
+  return (f"the training split has {num_train} embryos, fewer than one batch (config.batch_size="
+          f"{config.batch_size}): lower batch_size or use more data")
+
+
+def check_splits(config, source, cross_validation: bool = False) -> None:
+  """Raises SplitError for a split the run cannot use (asked of a dataset without it, a
+  training side smaller than one batch), before anything is written."""
+  folds = cross_validation_folds(config, source) if cross_validation else [(None, None)]
+  for fold, (train_idx, test_idx) in enumerate(folds):
+    problem = batch_problem(config, make_data(config, source, train_idx, test_idx).train.size)
+    if problem:
+      raise SplitError(problem if not cross_validation else f"fold {fold + 1}/{len(folds)}: {problem}")
 
 
 def loader_options(config, train: bool) -> dict:
@@ -176,12 +258,11 @@ def train_loader(config, data: Data):
 def steps_per_epoch(config, data: Data) -> int:
   from blastjax.data import pipeline
 
-  per_process = per_process_batch(config.batch_size)
-  steps = pipeline.batches_per_epoch(data.train.size, per_process, True, jax.process_count())
-  if steps == 0:
-    raise ValueError(f"the training split has {data.train.size} embryos, fewer than one global batch "
-                     f"(config.batch_size={config.batch_size}): lower batch_size or use more data")
-  return steps
+  problem = batch_problem(config, data.train.size)
+  if problem:
+    raise SplitError(problem)
+  return pipeline.batches_per_epoch(data.train.size, per_process_batch(config.batch_size), True,
+                                    jax.process_count())
 
 
 def predict(runner: Runner, state, config, data: Data, indices, observe_hours=None):

@@ -10,10 +10,10 @@ on the first X hours only. Optimiser as the other baselines (AdamW 1e-3, batch 1
     python -m blastjax.main --config configs/amsnet.py:smoke --workdir /tmp/amsnet_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.multi_frame("amsnet", sampling="segments", segment_hours=6.0, num_frames=28,
-                              focal_planes="axis", rgb=False, normalization="kinetics")
-  return common.finish(config, arg, smoke_frames=8, segment_hours=10.0)
+  config = config_presets.multi_frame("amsnet", sampling="segments", segment_hours=6.0, num_frames=28,
+                                      focal_planes="axis", rgb=False, normalization="kinetics")
+  return config_presets.finish(config, arg, smoke_frames=8, segment_hours=10.0)

@@ -10,9 +10,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/densenet169.py:smoke --workdir /tmp/densenet169_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.single_frame("densenet169")
-  return common.finish(config, arg)
+  config = config_presets.single_frame("densenet169")
+  return config_presets.finish(config, arg)

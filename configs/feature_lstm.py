@@ -14,11 +14,10 @@ only good for the smoke run.
     python -m blastjax.main --config configs/feature_lstm.py:smoke --workdir /tmp/feature_lstm_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.multi_frame("feature_lstm", weight_decay=0.0, class_weights="balanced",
-                              best_metric="f1_macro",
-                              sampling="sliding_windows", clip_length=16)
-  return common.finish(config, arg)
+  config = config_presets.multi_frame("feature_lstm", weight_decay=0.0, class_weights="balanced",
+                                      best_metric="f1_macro", sampling="sliding_windows", clip_length=16)
+  return config_presets.finish(config, arg)

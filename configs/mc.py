@@ -10,9 +10,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/mc.py:smoke --workdir /tmp/mc_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.multi_frame("mc3_18", normalization="kinetics")
-  return common.finish(config, arg)
+  config = config_presets.multi_frame("mc3_18", normalization="kinetics")
+  return config_presets.finish(config, arg)

@@ -10,9 +10,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/mfnet.py:smoke --workdir /tmp/mfnet_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.multi_frame("mfnet3d")
-  return common.finish(config, arg)
+  config = config_presets.multi_frame("mfnet3d")
+  return config_presets.finish(config, arg)

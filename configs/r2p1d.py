@@ -10,9 +10,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/r2p1d.py:smoke --workdir /tmp/r2p1d_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.multi_frame("r2plus1d_18", normalization="kinetics")
-  return common.finish(config, arg)
+  config = config_presets.multi_frame("r2plus1d_18", normalization="kinetics")
+  return config_presets.finish(config, arg)

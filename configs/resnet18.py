@@ -10,9 +10,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/resnet18.py:smoke --workdir /tmp/resnet18_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.single_frame("resnet18")
-  return common.finish(config, arg)
+  config = config_presets.single_frame("resnet18")
+  return config_presets.finish(config, arg)

@@ -1,4 +1,6 @@
-"""ViT-B/16 (Table 3: 85.40M, 70.57%); 400x400 needs interpolated position embeddings (model argument).
+"""ViT-B/16 (Table 3: 85.40M, 70.57%): torchvision's 224x224 model (a 14x14 grid of position
+embeddings); on the 400x400 input the model resamples them to the 25x25 patch grid on the
+fly, bicubic like torchvision's interpolate_embeddings (blastjax.models.vit).
 
 The paper's setup (cleavage_stage_blastocyst_dataset.txt, Table 2):
 single frame (the last), 400x400, batch 32, 500 epochs, AdamW 1e-3:
@@ -10,9 +12,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/vit_b_16.py:smoke --workdir /tmp/vit_b_16_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.single_frame("vit_b_16")
-  return common.finish(config, arg, smoke_image_size=32)
+  config = config_presets.single_frame("vit_b_16")
+  return config_presets.finish(config, arg, smoke_image_size=32)

@@ -10,9 +10,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/vit_l_16.py:smoke --workdir /tmp/vit_l_16_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.single_frame("vit_l_16")
-  return common.finish(config, arg, smoke_image_size=32)
+  config = config_presets.single_frame("vit_l_16")
+  return config_presets.finish(config, arg, smoke_image_size=32)

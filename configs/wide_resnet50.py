@@ -10,9 +10,9 @@ Smoke run (tiny, synthetic embryos, a few minutes on a laptop CPU):
     python -m blastjax.main --config configs/wide_resnet50.py:smoke --workdir /tmp/wide_resnet50_smoke
 """
 
-from configs import common
+from blastjax import config_presets
 
 
 def get_config(arg=None):
-  config = common.single_frame("wide_resnet50_2")
-  return common.finish(config, arg)
+  config = config_presets.single_frame("wide_resnet50_2")
+  return config_presets.finish(config, arg)

@@ -12,7 +12,7 @@ blastjax / PyTorch. Last, the input pipeline: clips (or images) per second from 
 synthetic TFDS dataset through the real grain pipeline with N workers, so a reader sees
 whether the accelerator would starve.
 
-  python scripts/benchmark.py                                    # the shapes (GPU)
+  python scripts/benchmark.py                                    # the paper's shapes (GPU)
   python scripts/benchmark.py --scale 0.125 --steps 3 --dtypes float32,bfloat16 \\
       --compile_models resnet50                                   # CPU, minutes
 

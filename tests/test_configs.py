@@ -1,5 +1,6 @@
 """Every config in configs/: loads, follows the paper's Table 2, validates, and (slow)
-trains its :smoke variant for a step at tiny sizes."""
+trains its :smoke variant for a step at tiny sizes. Config preparation: `~` in paths,
+simulator options only for the synthetic dataset."""
 
 import glob
 import importlib
@@ -8,10 +9,10 @@ import os
 import pytest
 
 import train_helpers as th
-from blastjax import config_validation, models, train
+from blastjax import config_presets, config_validation, models, train
 
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(th.REPO, "configs", "*.py"))
-                      if not p.endswith("common.py"))
+                      if not os.path.basename(p).startswith("_"))
 # The paper's Tables 3 and 4, plus AMSNet and the seizure-style feature LSTM.
 EXPECTED = {"resnet18", "resnet50", "resnet101", "resnet152", "resnext50", "resnext101", "wide_resnet50",
             "wide_resnet101", "densenet121", "densenet169", "inception_v3", "mobilenet_v3", "vit_b_16",
@@ -26,7 +27,10 @@ def _config(name, arg=None):
 
 
 def test_one_config_per_model():
-  assert set(CONFIG_FILES) == EXPECTED
+  assert set(CONFIG_FILES) == EXPECTED  # and no helper module: those live in blastjax.config_presets
+  for name in CONFIG_FILES:
+    with open(os.path.join(th.REPO, "configs", f"{name}.py")) as f:
+      assert "from configs" not in f.read(), name  # would fail outside the repository root
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
@@ -59,6 +63,57 @@ def test_validation_lists_every_problem():
   import ml_collections
   config = ml_collections.ConfigDict({**th.tiny_config("tiny_image").to_dict(), "batch_size": "8"})
   assert config_validation.validate(config) == ["config.batch_size='8': expected int, got str"]
+
+
+def test_inception_auxiliary_head_is_a_config_override():
+  """Off by default (the paper's 21.79M); one override turns it on."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  assert _config("inception_v3").model_kwargs.aux_logits is False
+  argv = ["prog", "--config", os.path.join(th.REPO, "configs", "inception_v3.py"),
+          "--config.model_kwargs.aux_logits=True"]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  assert values.config.model_kwargs.aux_logits is True
+  assert config_validation.validate(values.config, num_devices=4) == []
+
+
+def test_prepare_expands_home_in_every_path_field(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  (tmp_path / "weights").mkdir()
+  (tmp_path / "export").mkdir()
+  config = th.tiny_config("tiny_image", data_dir="~/tfds", manual_dir="~/export", feature_cache_dir="~/features",
+                          init_from="~/weights", feature_weights="~/i3d")
+  prepared = config_validation.prepare(config)
+  for key in config_validation.PATH_FIELDS:
+    assert prepared[key] == str(tmp_path / config[key][2:]), key
+  assert config.data_dir == "~/tfds"  # a copy: the caller's config is unchanged
+  assert config_validation.prepare(prepared).to_dict() == prepared.to_dict()
+  assert config_validation.validate(config, num_devices=4) == []  # init_from, manual_dir found in HOME
+
+
+def test_smoke_variant_reads_folder_data(tmp_path):
+  """`:smoke` sizes the simulator; with --config.dataset=folder they are dropped, so the
+  run reads the folder build (not one named folder_px72_min120.0_n96_p24)."""
+  from test_layouts import make_folder_tree
+
+  from blastjax import main
+  from blastjax.data import build
+
+  data_dir = str(tmp_path / "tfds")
+  export = make_folder_tree(str(tmp_path / "export"))
+  assert build.main(["--config", "folder", "--manual_dir", export, "--data_dir", data_dir]) == 0
+  config = _config("r2p1d", "smoke")
+  config.update(dataset="folder", data_dir=data_dir)
+  prepared = config_validation.prepare(config)
+  assert dict(prepared.dataset_options) == {}
+  main.preflight(prepared)  # today: "config.dataset='folder' is not built in .../folder_px72_..."
+  builds = [n for n in os.listdir(os.path.join(data_dir, "embryo_timelapse")) if not n.startswith(".")]
+  assert builds == ["folder"]
+  config.dataset = "synthetic"
+  assert dict(config_validation.prepare(config).dataset_options) == config_presets.SMOKE_DATASET
 
 
 @pytest.fixture

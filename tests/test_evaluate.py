@@ -45,6 +45,65 @@ def test_classification_metrics_on_a_known_confusion_matrix():
   assert m["auc"] == pytest.approx(_pairwise_auc(np.array(labels), np.array(probs)))
 
 
+def test_macro_metrics_count_an_undefined_class_as_zero():
+  """A model predicting only non-blast must not win on macro F1 (issue: 0.75 / 0.6)."""
+  m = evaluate.classification_metrics([0, 0, 0, 1, 1], [.1, .2, .3, .4, .45])
+  assert m["f1_macro"] == pytest.approx(0.375)
+  assert m["precision_macro"] == pytest.approx(0.3)
+  assert m["recall_macro"] == pytest.approx(0.5)
+
+
+def _sklearn_metrics(labels, probs, threshold):
+  from sklearn import metrics as sk  # a test dependency (setup.cfg extra `test`)
+  preds = (np.asarray(probs) >= threshold).astype(int)
+  macro = dict(labels=[0, 1], average="macro", zero_division=0)
+  expected = {
+      "accuracy": sk.accuracy_score(labels, preds),
+      "precision_macro": sk.precision_score(labels, preds, **macro),
+      "recall_macro": sk.recall_score(labels, preds, **macro),
+      "f1_macro": sk.f1_score(labels, preds, **macro),
+      "confusion_matrix": sk.confusion_matrix(labels, preds, labels=[0, 1]).tolist(),
+  }
+  if len(set(labels)) == 2:
+    expected["balanced_accuracy"] = sk.balanced_accuracy_score(labels, preds)
+    expected["auc"] = sk.roc_auc_score(labels, probs)
+    expected["sensitivity"] = sk.recall_score(labels, preds, pos_label=1, zero_division=0)
+    expected["specificity"] = sk.recall_score(labels, preds, pos_label=0, zero_division=0)
+  return expected
+
+
+def _metric_cases():
+  rng = np.random.default_rng(3)
+  cases = []
+  for size in (2, 5, 17, 60):
+    labels = rng.integers(0, 2, size)
+    labels[:2] = [0, 1]
+    cases.append((labels, np.round(rng.random(size), 1), 0.5))   # ties at the threshold
+  cases += [
+      ([0, 0, 0, 1, 1], [.1, .2, .3, .4, .45], 0.5),   # one class predicted
+      ([0, 0, 1, 1], [.9, .8, .7, .6], 0.5),           # the other class predicted
+      ([0, 1, 0, 1], [.2, .8, .3, .7], 0.5),           # perfect
+      ([0, 1, 0, 1], [.8, .2, .7, .3], 0.5),           # always wrong
+      ([1, 1, 1], [.2, .6, .9], 0.5),                  # one class present
+      ([0, 0, 0], [.2, .6, .9], 0.5),
+      ([0, 0, 0], [.1, .1, .1], 0.5),                  # one class present, all correct
+      ([0, 1, 1, 0, 1], [.3, .3, .7, .7, .5], 0.7),    # another threshold
+  ]
+  return cases
+
+
+@pytest.mark.parametrize("labels, probs, threshold", _metric_cases())
+def test_metrics_equal_scikit_learn(labels, probs, threshold):
+  ours = evaluate.classification_metrics(labels, probs, threshold)
+  expected = _sklearn_metrics(list(labels), list(probs), threshold)
+  assert ours["confusion_matrix"] == expected.pop("confusion_matrix")
+  for name, value in expected.items():
+    assert ours[name] == pytest.approx(value, abs=1e-12), name
+  if len(set(labels)) == 1:
+    assert math.isnan(ours["auc"])
+    assert ours["balanced_accuracy"] == pytest.approx(ours["accuracy"])
+
+
 def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="differ in length"):
     evaluate.classification_metrics([0, 1], [0.5])

@@ -1,5 +1,6 @@
-"""The entry point: config errors (one line, non-zero exit, nothing written), evaluate
-mode on an existing workdir, patient-grouped cross-validation."""
+"""The entry point: config errors (one line, non-zero exit, nothing written), config
+files from any directory, `~` in paths, evaluate mode on an existing workdir,
+patient-grouped cross-validation."""
 
 import json
 import os
@@ -31,6 +32,80 @@ def test_config_errors_are_one_line_and_write_nothing(tmp_path, override, messag
   errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and errors[0].startswith(message), done.stderr[-2000:]
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("config,message", [
+    ("configs/nope.py", "error: --config configs/nope.py: no such config file 'configs/nope.py'"),
+    ("configs/r2p1d.py:tiny", "error: --config configs/r2p1d.py:tiny: config argument 'tiny' unknown; "
+                              "choose none (the paper's setup) or 'smoke'"),
+])
+def test_config_file_errors_are_one_line_and_write_nothing(tmp_path, config, message):
+  workdir = tmp_path / "run"
+  done = subprocess.run(th.main_command("--config", config, "--workdir", str(workdir)), env=th.subprocess_env(),
+                        capture_output=True, text=True, timeout=300, cwd=th.REPO)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith(message), done.stderr[-2000:]
+  if config.endswith("nope.py"):
+    assert "r2p1d.py" in errors[0]  # the choices: the config files beside the missing one
+  assert not workdir.exists()
+
+
+def installed_package_env(site: str) -> dict:
+  """An environment where blastjax is importable as an installed package would be: the
+  package directories alone on the path (no repository root, so no `configs` package)."""
+  os.makedirs(site, exist_ok=True)
+  for name in ("blastjax", "tfds_builders"):
+    os.symlink(os.path.join(th.REPO, name), os.path.join(site, name))
+  env = th.subprocess_env()
+  env["PYTHONPATH"] = site
+  return env
+
+
+def test_config_file_loads_from_any_directory(tmp_path):
+  """An absolute config path from another working directory: past config loading (the
+  model override is then refused by validation, before any work)."""
+  cwd = tmp_path / "elsewhere"
+  cwd.mkdir()
+  config = os.path.join(th.REPO, "configs", "r2p1d.py") + ":smoke"
+  done = subprocess.run(th.main_command("--config", config, "--config.model=no_such_model",
+                                        "--workdir", str(tmp_path / "run")),
+                        env=installed_package_env(str(tmp_path / "site")), capture_output=True, text=True,
+                        timeout=300, cwd=cwd)
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert done.returncode == 2 and errors == [errors[0]], done.stderr[-2000:]
+  assert errors[0].startswith("error: config.model: unknown model 'no_such_model'"), done.stderr[-2000:]
+
+
+def test_home_in_paths_is_expanded_by_the_cli(tmp_path):
+  home, cwd = tmp_path / "home", tmp_path / "cwd"
+  home.mkdir()
+  cwd.mkdir()
+  config = th.write_config_file(str(tmp_path / "tiny.py"), "tiny_image", num_steps=2, early_hours=(),
+                                validation_fraction=0.0)
+  env = {**th.subprocess_env(), "HOME": str(home)}
+  done = subprocess.run(th.main_command(f"--config={config}", "--config.data_dir=~/tfds", "--workdir=~/run"),
+                        env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert os.listdir(cwd) == []  # no literal ./~
+  assert (home / "tfds" / "embryo_timelapse").is_dir() and (home / "run" / "metrics.json").exists()
+  with open(home / "run" / "config.json") as f:
+    assert json.load(f)["data_dir"] == str(home / "tfds")
+
+
+def test_home_in_paths_is_expanded_by_the_python_api(tmp_path, monkeypatch):
+  home, cwd = tmp_path / "home", tmp_path / "cwd"
+  home.mkdir()
+  cwd.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(cwd)
+  config = th.tiny_config("tiny_image", data_dir="~/tfds", num_steps=2, early_hours=(), validation_fraction=0.0)
+  result = train.train_and_evaluate(config, "~/run", log=lambda _: None)
+  assert result["step"] == 2
+  assert os.listdir(cwd) == []  # no literal ./~
+  assert (home / "tfds" / "embryo_timelapse").is_dir() and (home / "run" / "metrics.json").exists()
+  assert train.evaluate_workdir("~/run", config, log=lambda _: None)["step"] == 2
 
 
 def test_preflight_names_each_problem():

@@ -91,7 +91,8 @@ def build(config: str = "synthetic", data_dir: Optional[str] = None, manual_dir:
   if _is_built(builder) and not overwrite:
     text = summary(builder, _report_path(builder))
     if verbose:
-      print(f"Already built in {builder.data_dir} (--overwrite to rebuild)\n{text}", flush=True)
+      print(f"Already built in {builder.data_dir} (to rebuild: python -m blastjax.data.build "
+            f"--config {config} --overwrite, with the same options)\n{text}", flush=True)
     return builder, text
   if builder.builder_config.layout != "synthetic":
     if not manual_dir:

@@ -25,9 +25,12 @@ Temporal sampling (`ExtractionSettings.mode`):
                    `window_stride`, default `clip_length`); each window's features,
                    averaged over its steps, are one time step. Sequence lengths differ
                    between embryos; `feature_batches` pads them and sets the mask.
-The `hours` of a step is the time of the last frame it summarises (the clip is divided
-evenly among the steps in `uniform` mode), so a step never uses a later frame than its
-hour says.
+The `hours` of a step is the time of the last frame it summarises. In `sliding_windows`
+mode a step's features come from its window's frames only, so masking the steps after a
+cut-off (early prediction) leaves a prediction that has seen no later frame. In
+`uniform` mode the clip is divided evenly among the steps for their hours, but the
+extractor's temporal kernels (and padding) reach across the whole clip, so every step
+has seen later frames: config validation refuses `early_hours` with that mode.
 
 Source examples are dicts in the format of `blastjax.data.dataset.load_source`:
 'embryo_id', 'patient_id', 'label', 'frames' (object [num_frames, num_focal_planes] of

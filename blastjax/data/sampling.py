@@ -18,6 +18,15 @@ Modes (the `sampling` argument of `blastjax.data.pipeline.make_loader`):
   sliding_windows  evaluation: every L-frame window with a stride (default L), plus a last
                    window aligned to the end when the stride leaves frames uncovered; one
                    row per window.
+
+Gaps in the imaging (a late start, a pause, an early end): only `segments` works in
+absolute time, so only it pads, and its padding can be anywhere in the mask: at the
+front (segments before the first frame), in the middle (segments inside a gap) or at the
+end. The other modes work on frame indices: a gap is simply not there for them (a clip
+or window may span it; `uniform` spreads its T frames over the frames that exist).
+Models accept padding at any positions (blastjax.models.masking). Every mode samples
+only frames at or before `observe_hours`, so a prediction at a cut-off never sees a
+later frame.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ that at moment t" (a memory of the past), which is the reference's one-way onlin
 shift: `shift='online'` (default) makes every prediction y_t depend only on frames
 <= t, as early prediction needs. `shift='bidirectional'` gives the offline TSM.
 
-Padded steps (mask True, valid first) are replaced by looped valid frames before the
-network, cannot shift anything into a valid step, and their logits are set to 0; the
+Padded steps (mask True, at any positions: a late start, an imaging gap, a short
+sequence) are closed up before the network (`masking.compact`: the valid frames first,
+in order, then looped), cannot shift anything into a valid step, keep their slot in the
+output and get logits 0 there; the
 loss must ignore them (the paper's "ignore the loss back-propagation of the padded
 frames").
 
@@ -129,8 +131,11 @@ class AMSNet(nn.Module):
       raise ValueError(f"AMSNet expects focal video [B, T, P, H, W, C]; got shape {x.shape}")
     batch, frames, planes = x.shape[:3]
     config = backbone_config(self.backbone)
-    x = masking.loop_valid_frames(x, mask)
-    valid = jnp.ones((batch, frames), bool) if mask is None else ~mask
+    # The network runs on the valid frames moved to the front (a gap or a late start is
+    # closed up, so the shift joins the frames on either side of it); the per-step
+    # outputs go back to their original slots at the end.
+    x, packed_mask = masking.compact(x, mask)
+    valid = jnp.ones((batch, frames), bool) if mask is None else ~packed_mask
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, use_fast_variance=False, dtype=self.dtype)
     # Front: time folded inside each (sequence, plane) pair so the shift runs along T.
@@ -152,7 +157,8 @@ class AMSNet(nn.Module):
     if self.num_classes:
       features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
       features = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(features)
-    return jnp.where(valid[:, :, None], features, 0.0)
+    features = jnp.where(valid[:, :, None], features, 0.0)
+    return masking.scatter_steps(features, mask)
 
 
 @register("amsnet", input_kind="video_focal", per_step=True, min_image_size=32,

@@ -27,8 +27,8 @@ Module names are the reference's keys, one Flax module per torch container: `con
 `video_resnet.dotted_key_map` gives the torch keys. `num_classes=0` returns pooled
 features; `return_feature_map=True` the layer4 map [B, T', H', W', C].
 
-A padding mask (True = padding frame) is honoured by looping the valid frames over the
-padded slots before the network, so padded content cannot change the output (Hara's
+A padding mask (True = padding frame, at any positions) is honoured by moving the valid
+frames to the front and looping them over the remaining slots (`masking.compact`) before the network, so padded content cannot change the output (Hara's
 own loop padding of short clips).
 """
 

@@ -22,8 +22,8 @@ average-pooled `Mixed_5c` features, one 1024-d vector per remaining time step
 [B, T', 1024] (60 frames at 224x224 give the paper's 7 steps); `num_classes=0` returns
 their mean over time [B, 1024].
 
-A padding mask (True = padding frame) is honoured by looping the valid frames over the
-padded slots before the network, so padded content cannot change the output.
+A padding mask (True = padding frame, at any positions) is honoured by moving the valid
+frames to the front and looping them over the remaining slots (`masking.compact`) before the network, so padded content cannot change the output.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ As in the reference except:
   only runs on 16 x 224 x 224 inputs; here the pool is a global average over the final
   map, which is the same operation at 16 x 224 x 224 and lets any clip size through.
 
-A padding mask (True = padding frame) is honoured by looping the valid frames over the
-padded slots before the network, so padded content cannot change the output.
+A padding mask (True = padding frame, at any positions) is honoured by moving the valid
+frames to the front and looping them over the remaining slots (`masking.compact`) before the network, so padded content cannot change the output.
 `num_classes=0` returns the pooled 768-d features.
 """
 

@@ -13,7 +13,8 @@ last forward and backward maps and classifies them like a single-frame network.
 - `LSTMCell` / `GRUCell`: torch.nn.LSTM / nn.GRU's equations and parameters (two biases
   per gate), over the spatially pooled per-frame features.
 
-Padding (mask True = padded frame, valid frames first): the recurrences step over the
+Padding (mask True = padded frame, at any positions; `masking.compact` first moves the
+valid frames to the front, in order): the recurrences step over the
 valid frames only (a padded step leaves the state unchanged), so the forward pass ends
 at each sequence's last valid frame and the backward pass starts there. Padded frames
 are also replaced by looped valid frames before the backbone, so in training mode
@@ -307,8 +308,8 @@ class RecurrentVideoClassifier(nn.Module):
     if self.cell not in CELLS:
       raise ValueError(f"cell={self.cell!r}; expected one of {sorted(CELLS)}")
     batch, num_frames = x.shape[:2]
-    x = masking.loop_valid_frames(x, mask)
-    valid = jnp.ones((batch, num_frames), bool) if mask is None else ~mask
+    x, packed_mask = masking.compact(x, mask)
+    valid = jnp.ones((batch, num_frames), bool) if mask is None else ~packed_mask
     convolutional = self.cell.startswith("conv")
     features = ChunkedFrameEncoder(self.backbone, self.backbone_stages, pool=not convolutional,
                                    frames_per_chunk=self.frames_per_chunk, remat=self.remat,

@@ -118,7 +118,7 @@ class TSMResNet(nn.Module):
     if x.ndim != 5:
       raise ValueError(f"TSMResNet expects video [B, T, H, W, C]; got shape {x.shape}")
     batch, frames = x.shape[:2]
-    x = masking.loop_valid_frames(x, mask)
+    x, mask = masking.compact(x, mask)
     valid = None if mask is None else ~mask
     base = ResNet(**backbone_config(self.backbone), num_classes=0, dtype=self.dtype,
                   block_input_transform=make_shift(self.shift, frames, self.fold_div, valid),

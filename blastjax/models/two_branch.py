@@ -93,8 +93,8 @@ def _resize(feature_map, size):
 
 def last_valid_frame(x, mask: Optional[jnp.ndarray]):
   """x [B, T, ...] -> [B, ...] at each sequence's last non-padding frame."""
-  lengths = masking.valid_lengths(mask, x.shape[1], x.shape[0])
-  index = (lengths - 1).reshape((-1, 1) + (1,) * (x.ndim - 2))
+  last = masking.last_valid_index(mask, x.shape[1], x.shape[0])
+  index = last.reshape((-1, 1) + (1,) * (x.ndim - 2))
   return jnp.take_along_axis(x, index, axis=1)[:, 0]
 
 

@@ -29,8 +29,8 @@ Building blocks for reuse (e.g. a two-branch model using r3d_18 as its 3D branch
   feature map. A module embedding a VideoResNet under the name `branch3d` converts a
   torchvision state_dict with `prefixed_key_map(dotted_key_map, 'branch3d', '')`.
 
-A padding mask (True = padding frame) is honoured by looping the valid frames over the
-padded slots before the stem, so padded content cannot change the output.
+A padding mask (True = padding frame, at any positions) is honoured by moving the valid
+frames to the front and looping them over the remaining slots (`masking.compact`) before the stem, so padded content cannot change the output.
 """
 
 from __future__ import annotations

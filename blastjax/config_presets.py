@@ -1,4 +1,4 @@
-"""Shared defaults of every config: the paper's setup (Table 2 of
+"""Shared defaults of every config file in configs/: the paper's setup (Table 2 of
 cleavage_stage_blastocyst_dataset.txt) and the `:smoke` variant.
 
 Single-frame models: AdamW lr 1e-3, weight decay 1e-5, batch 32, 400x400, 500 epochs.
@@ -7,15 +7,25 @@ The split is the paper's class-balanced half/half split by embryo.
 
 A model config is `get_config(arg=None)` calling `single_frame(...)` or
 `multi_frame(...)` and `finish(config, arg)`; `arg='smoke'` shrinks everything so the
-run finishes in a few minutes on a laptop CPU. Field meanings: docs/training.md.
+run finishes in a few minutes on a laptop CPU. It lives in the package (not beside the
+configs) so that a config file loads from any working directory and from an installed
+blastjax. Field meanings: docs/training.md.
 """
 
 import ml_collections
 
 from blastjax.config_validation import default_config
 
+VARIANTS = ("", "smoke")
+# The simulator sizes of the smoke variant. They shape only the synthetic dataset: a
+# smoke config run with --config.dataset=folder reads the user's data unchanged
+# (config_validation.prepare drops simulator options for other datasets).
 SMOKE_DATASET = {"num_embryos": 96, "num_patients": 24, "image_size": 72,
                  "interval_minutes": 120.0, "horizon_hours": 80.0}
+
+
+class ConfigArgumentError(ValueError):
+  """`get_config(arg)` got an argument it has no variant for."""
 
 
 def base() -> ml_collections.ConfigDict:
@@ -53,8 +63,9 @@ def finish(c: ml_collections.ConfigDict, arg=None, smoke_image_size: int = 0,
   48 px with a constant rate ranked embryos, AUC 0.75, but predicted the majority class;
   150 steps at 32 px reach accuracy 0.85, AUC 0.94 for r2p1d: docs/training.md).
   """
-  if arg not in (None, "", "smoke"):
-    raise ValueError(f"config argument {arg!r} unknown; use none or 'smoke' (e.g. configs/r2p1d.py:smoke)")
+  if arg not in (None,) + VARIANTS:
+    raise ConfigArgumentError(f"config argument {arg!r} unknown; choose none (the paper's setup) or "
+                              "'smoke' (e.g. configs/r2p1d.py:smoke)")
   if arg == "smoke":
     c.dataset = "synthetic"
     c.dataset_options = ml_collections.ConfigDict(dict(SMOKE_DATASET))
