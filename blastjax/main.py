@@ -11,18 +11,23 @@ checkpoint. A config file loads from any working directory; `~` is expanded in
 unknown `:arg`, a bad field) are reported one per line before anything is written,
 with exit status 2; failures during the run (non-finite loss, unwritable workdir)
 exit with status 1 and one line saying what to do.
+
+The library reports progress through the `blastjax` logger; this command prints its
+INFO lines on stdout as plain lines (split sizes, resume, test metrics). absl's own
+logging (JAX, orbax) stays at WARNING unless --verbosity is given.
 """
 
 from __future__ import annotations
 
-import json
+import logging as py_logging
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from blastjax import config_validation
+from blastjax import config_presets, config_validation
+from blastjax.data import dataset
 
 MODES = ("train", "evaluate", "cross_validation")
 
@@ -39,6 +44,18 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's
 
 class UsageError(ValueError):
   """A problem found before any work; reported as one line per problem."""
+
+
+def log_to_stdout() -> None:
+  """The `blastjax` logger's INFO lines on stdout, unprefixed (what a user of the CLI reads)."""
+  logger = py_logging.getLogger("blastjax")
+  if not any(getattr(h, "blastjax_console", False) for h in logger.handlers):
+    handler = py_logging.StreamHandler(sys.stdout)
+    handler.setFormatter(py_logging.Formatter("%(message)s"))
+    handler.blastjax_console = True
+    logger.addHandler(handler)
+  logger.setLevel(py_logging.INFO)
+  logger.propagate = False
 
 
 def fail(message: str, status: int) -> None:
@@ -67,8 +84,6 @@ def initialize_distributed(config) -> None:
 
 def dataset_problems(config) -> list:
   """The dataset exists (or can be built) -- checked before the workdir is touched."""
-  from blastjax.data import dataset
-
   try:
     builder = dataset.get_builder(config.dataset, config.data_dir or None, **dict(config.dataset_options))
   except ValueError as error:
@@ -81,10 +96,10 @@ def dataset_problems(config) -> list:
 
 def preflight(config) -> None:
   """Every check that needs no work: fields, model, devices, dataset."""
-  from blastjax import config_validation, train_data
+  from blastjax import train_step  # heavy (jax, optax): not needed to report a flag error
 
   try:
-    num_devices, device_problems = len(train_data.selected_devices(config)), []
+    num_devices, device_problems = len(train_step.selected_devices(config)), []
   except ValueError as error:
     num_devices, device_problems = None, [str(error)]
   except TypeError:  # a mistyped num_devices; validate() names it
@@ -97,31 +112,19 @@ def preflight(config) -> None:
 
 
 def load_workdir_config(workdir: str):
-  import ml_collections
+  """The config.json of a finished run (--mode evaluate), a UsageError when there is none."""
+  from blastjax import rundir  # heavy (orbax), as below
 
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UsageError(f"{path} not found: --mode evaluate needs the workdir of a training run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def write_config(config, workdir: str) -> None:
-  import jax
-
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  try:
+    return rundir.read_config(workdir, "--mode evaluate")
+  except rundir.RunDirError as error:
+    raise UsageError(str(error)) from error
 
 
 def checked_source(config, mode: str):
   """The dataset (built on first use), once the run's splits are known to suit it (the
   split exists, the training side holds a batch): a UsageError before the workdir is touched."""
-  from blastjax import train_data
+  from blastjax import train_data  # heavy, as in preflight
 
   source = train_data.open_source(config)
   try:
@@ -132,13 +135,13 @@ def checked_source(config, mode: str):
 
 
 def run(config, workdir: str, mode: str) -> dict:
-  from blastjax import checkpoint, train
+  from blastjax import rundir, train  # heavy (jax, orbax, grain), as in preflight
 
   if mode == "evaluate":
     return train.evaluate_workdir(workdir)
   source = checked_source(config, mode)
-  checkpoint.check_writable(workdir)
-  write_config(config, workdir)
+  rundir.check_writable(workdir)
+  rundir.write_config(workdir, config)
   if mode == "cross_validation":
     return train.cross_validate(config, workdir, source=source)
   return train.train_and_evaluate(config, workdir, source)
@@ -155,7 +158,8 @@ def main(argv) -> None:
     fail("--config is required (e.g. --config configs/r2p1d.py:smoke)", 2)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from blastjax import checkpoint, train
+  log_to_stdout()
+  from blastjax import rundir, train  # heavy, as in preflight
 
   try:
     if _MODE.value == "evaluate":
@@ -166,7 +170,7 @@ def main(argv) -> None:
     run(config, workdir, _MODE.value)
   except UsageError as error:
     fail(str(error), 2)
-  except (checkpoint.CheckpointError, train.NonFiniteLossError) as error:
+  except (rundir.CheckpointError, train.NonFiniteLossError) as error:
     fail(str(error), 1)
 
 
@@ -216,12 +220,10 @@ def checked_config_path(argv) -> list:
 def config_argument_error(error: BaseException):
   """The innermost ConfigArgumentError behind a flag error (ml_collections re-raises
   get_config's error with its traceback in the message), or None."""
-  from blastjax.config_presets import ConfigArgumentError
-
   found, seen = None, set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(error, ConfigArgumentError):
+    if isinstance(error, config_presets.ConfigArgumentError):
       found = error
     error = error.__cause__ or error.__context__
   return found

@@ -19,12 +19,18 @@ training; fewer frames than the model takes are repeated (uniform sampling) or l
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags
+from PIL import Image
+
+from blastjax import feature_cache, rundir, train_data
+from blastjax.data import layouts
+from blastjax.evaluator import Evaluator
+from blastjax.train_step import Runner, StepConfig, create_model, make_eval_step
 
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The workdir of a training run (config.json, checkpoints).")
@@ -40,8 +46,6 @@ class PredictError(ValueError):
 
 def read_embryo(embryo_dir: str) -> dict:
   """The embryo folder as a dataset example (label unknown: -1)."""
-  from blastjax.data import layouts
-
   if not os.path.isdir(embryo_dir):
     raise PredictError(f"--embryo_dir {embryo_dir!r} is not a directory")
   embryo_id = os.path.basename(os.path.normpath(embryo_dir))
@@ -53,8 +57,6 @@ def read_embryo(embryo_dir: str) -> dict:
 
 def check_compatible(example: dict, config, info: dict, spec) -> list:
   """Errors for input the model cannot take; returns the adaptations it makes."""
-  from PIL import Image
-
   planes = [int(p) for p in example["focal_planes"]]
   trained = info.get("focal_planes", [0])
   if config.focal_planes == "center" and 0 not in planes:
@@ -85,73 +87,32 @@ class Predictor:
   """A trained model of a workdir, applied to one embryo at a time (one device)."""
 
   def __init__(self, workdir: str, checkpoint: str = ""):
-    import jax
-    import ml_collections
-    import orbax.checkpoint as ocp
-
-    from blastjax import models
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-      raise PredictError(f"{path} not found: --workdir must be the workdir of a training run")
-    with open(path) as f:
-      self.config = ml_collections.ConfigDict(json.load(f))
-    info_path = os.path.join(workdir, "data_info.json")
-    self.info = json.load(open(info_path)) if os.path.exists(info_path) else {}
-    self.spec = models.get_spec(self.config.model)
-    kwargs = dict(self.config.model_kwargs)
-    self.model = models.create(self.config.model, num_classes=2, **kwargs)
-    which = checkpoint or self.config.eval_checkpoint
-    directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
-    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("state", "meta"))
-    step = manager.latest_step()
-    if step is None and which == "best":
-      manager.close()
-      directory = os.path.join(workdir, "checkpoints")
-      manager = ocp.CheckpointManager(os.path.abspath(directory),
-                                      options=ocp.CheckpointManagerOptions(read_only=True),
-                                      item_names=("state", "meta"))
-      step = manager.latest_step()
-    if step is None:
-      raise PredictError(f"no complete checkpoint in {workdir}")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-    manager.close()
-    self.step = int(step)
-    self.variables = {"params": state["params"]}
-    if state.get("batch_stats"):
-      self.variables["batch_stats"] = state["batch_stats"]
-    self._apply = jax.jit(self._probs)
+    try:
+      self.config = rundir.read_config(workdir, "blastjax.predict")
+    except rundir.RunDirError as error:
+      raise PredictError(str(error)) from error
+    self.info = rundir.read_data_info(workdir)
+    self.model, self.spec = create_model(self.config)
+    state, self.step = restore_variables(workdir, checkpoint or self.config.eval_checkpoint)
+    sc = StepConfig(input_kind=self.spec.input_kind, per_step=self.spec.per_step)
+    # The eval step of training, on this process's first device: the same probabilities.
+    self.runner = Runner(None, make_eval_step(self.model, sc), devices=jax.local_devices()[:1])
+    self.state = self.runner.put_state(state)
     self._features = None
     self.num_steps = None
     if self.spec.input_kind == "features":
-      from blastjax import train_data
-      from blastjax.data import feature_cache
       manifest = feature_cache.read_manifest(train_data.feature_cache_dir(self.config, workdir))
       if manifest is None:
         raise PredictError(f"the feature cache of {workdir} ({train_data.feature_cache_dir(self.config, workdir)}) "
                            "is missing: it fixes the sequence length the model was trained with")
       self.num_steps = int(manifest["max_steps"])
 
-  def _probs(self, variables, x, mask):
-    import jax
-
-    from blastjax import train_step
-
-    logits, _ = train_step.split_output(self.model.apply(variables, x, train=False,
-                                                         mask=None if self.spec.input_kind == "image" else mask))
-    logits = train_step.final_logits(logits, mask if self.spec.per_step else None, self.spec.per_step)
-    return jax.nn.softmax(logits.astype("float32"), axis=-1)[:, 1]
-
   def _feature_row(self, example: dict) -> dict:
     """The embryo as a cached-features row (features models), extracted as in training."""
-    from blastjax import train_data
-    from blastjax.data import feature_cache
-
     key = (example["embryo_id"], len(example["hours"]))
     if self._features is None or self._features[0] != key:
       settings = train_data.extraction_settings(self.config)
-      variables = train_data.extractor_variables(self.config, settings, log=lambda _: None)
+      variables = train_data.extractor_variables(self.config, settings)
       (features, hours), = feature_cache.extract_features(
           [example], variables=variables, model_name=self.config.feature_extractor, settings=settings,
           progress=False)
@@ -161,27 +122,36 @@ class Predictor:
 
   def _loader(self, example: dict, observe_hours):
     from blastjax import train_data
-    from blastjax.data import feature_pipeline, pipeline
+    from blastjax.data import pipeline
 
     common = dict(indices=[0], batch_size=1, shuffle=False, num_epochs=1, observe_hours=observe_hours,
                   shard_by_process=False)
     if self.spec.input_kind == "features":
-      return feature_pipeline.make_feature_loader([self._feature_row(example)], num_steps=self.num_steps,
-                                                  **common)
+      return pipeline.make_feature_loader([self._feature_row(example)], num_steps=self.num_steps, **common)
     options = train_data.loader_options(self.config, train=False)
     options["worker_count"] = 0
     return pipeline.make_loader([example], augment=False, **common, **options)
 
   def probability(self, example: dict, observe_hours=None) -> float:
-    from blastjax import evaluate
+    """P(blast) of `example` (frames up to `observe_hours`), by the run's evaluator."""
 
-    key = "features" if self.spec.input_kind == "features" else "image"
-    rows, probs = [], []
-    for batch in self._loader(example, observe_hours):
-      probs.append(np.asarray(self._apply(self.variables, batch[key], batch["mask"])))
-      rows.append(np.asarray(batch["example_index"]))
-    _, mean = evaluate.average_by_example(np.concatenate(rows), np.concatenate(probs))
-    return float(mean[0])
+    def loader(indices, hours):  # one embryo, on one device: [1, 1, ...] batches
+      return ({k: np.asarray(v)[None] for k, v in batch.items()} for batch in self._loader(example, hours))
+
+    _, probs = Evaluator(self.runner, loader, gather=False).probabilities(self.state, [0], observe_hours)
+    return float(probs[0])
+
+
+def restore_variables(workdir: str, which: str) -> tuple[dict, int]:
+  """({'params', 'batch_stats'}, step) of the checkpoint a run evaluates (rundir's choice)."""
+  checkpoints = rundir.Checkpoints(workdir, read_only=True)
+  try:
+    state, meta = checkpoints.restore_for_evaluation(None, which)
+  except rundir.CheckpointError as error:
+    raise PredictError(str(error)) from error
+  finally:
+    checkpoints.close()
+  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, int(meta["step"])
 
 
 def predict_embryo(workdir: str, embryo_dir: str, hours=None, checkpoint: str = "") -> dict:

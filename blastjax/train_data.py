@@ -1,19 +1,24 @@
 """What a run reads: the dataset (or its feature cache), its splits, the devices used,
-and the loaders of training and evaluation batches; `evaluate_split` turns a split's
-predictions into metrics, per-embryo rows and the early-prediction curve.
+and the loaders of training and evaluation batches. Running a model over a split is
+blastjax.evaluator's job; the workdir's files are blastjax.rundir's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
+import logging
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
+from PIL import Image
 
-from blastjax.train_step import Runner
+from blastjax import feature_cache, models, weights
+from blastjax.data import dataset, pipeline, splits
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- data
@@ -34,8 +39,6 @@ class Data:
 
 def open_source(config):
   """Builds the dataset on first use (process 0) and opens it."""
-  from blastjax.data import dataset
-
   data_dir = config.data_dir or None
   options = dict(config.dataset_options)
   if jax.process_index() == 0:
@@ -52,8 +55,6 @@ class SplitError(ValueError):
 
 def run_split(config, meta) -> tuple[np.ndarray, np.ndarray, Any]:
   """(train, test, validation or None) of `config.split`; None: carve validation out of train."""
-  from blastjax.data import splits
-
   labels, split = meta["labels"], config.split
   try:
     if split == "paper":
@@ -70,8 +71,6 @@ def run_split(config, meta) -> tuple[np.ndarray, np.ndarray, Any]:
 
 def carve_validation(config, train_idx, labels, patient_ids) -> tuple[np.ndarray, np.ndarray]:
   """(train, validation): `validation_fraction` of train, by patient under split='patient'."""
-  from blastjax.data import splits
-
   if config.validation_fraction <= 0:
     return np.asarray(train_idx, np.int64), np.zeros(0, np.int64)
   try:
@@ -101,8 +100,6 @@ def make_data(config, source, train_idx=None, test_idx=None) -> Data:
 def split_notes(config, data: Data) -> list:
   """Log lines about the run's split: its sizes, and the patients with embryos on both
   sides when the split is not patient-grouped."""
-  from blastjax.data import splits
-
   name = f"split={config.split!r}"
   notes = [f"{name}: {data.train.size} train, {data.validation.size} validation, {data.test.size} test embryos"]
   shared = splits.shared_patients(data.patient_ids, np.concatenate([data.train, data.validation]), data.test)
@@ -115,8 +112,6 @@ def split_notes(config, data: Data) -> list:
 
 def cross_validation_folds(config, source) -> list:
   """The (train, test) indices of every fold of --mode cross_validation (patient-grouped)."""
-  from blastjax.data import splits
-
   meta = source.metadata()
   try:
     return splits.patient_kfold(meta["labels"], meta["patient_ids"], config.num_folds, config.split_seed)
@@ -126,8 +121,6 @@ def cross_validation_folds(config, source) -> list:
 
 def batch_problem(config, num_train: int) -> str:
   """'' when the training split holds at least one batch per process, else what to do."""
-  from blastjax.data import pipeline
-
   if pipeline.batches_per_epoch(num_train, per_process_batch(config.batch_size), True, jax.process_count()):
     return ""
   return (f"the training split has {num_train} embryos, fewer than one batch (config.batch_size="
@@ -154,20 +147,6 @@ def loader_options(config, train: bool) -> dict:
               normalization=config.normalization, worker_count=config.worker_count)
 
 
-def selected_devices(config) -> list:
-  """The devices a run uses: every device, or the first `config.num_devices` of each process."""
-  wanted = config.get("num_devices", 0)
-  if not wanted:
-    return jax.devices()
-  chosen = []
-  for process in range(jax.process_count()):
-    local = [d for d in jax.devices() if d.process_index == process]
-    if wanted > len(local):
-      raise ValueError(f"config.num_devices={wanted}: process {process} has only {len(local)} devices")
-    chosen += local[:wanted]
-  return chosen
-
-
 def local_device_count(config) -> int:
   """Devices of this process the run uses (the leading axis of every batch)."""
   return config.get("num_devices", 0) or jax.local_device_count()
@@ -178,15 +157,11 @@ def per_process_batch(global_batch: int) -> int:
 
 
 def reads_features(config) -> bool:
-  from blastjax import models
-
   return models.get_spec(config.model).input_kind == "features"
 
 
 def extraction_settings(config):
   """How the feature cache of a 'features' model samples and prepares frames."""
-  from blastjax.data import feature_cache
-
   return feature_cache.ExtractionSettings(
       mode=config.sampling, num_frames=config.num_frames, clip_length=config.clip_length or config.num_frames,
       window_stride=config.window_stride or None, image_size=config.image_size,
@@ -197,27 +172,22 @@ def feature_cache_dir(config, workdir: str) -> str:
   return config.feature_cache_dir or os.path.join(workdir, "features")
 
 
-def extractor_variables(config, settings, log: Callable[[str], None] = print):
+def extractor_variables(config, settings):
   """The feature extractor's converted weights, or a seeded random init (smoke runs)."""
-  from blastjax.data import feature_cache
-
   if config.feature_weights:
-    from blastjax import weights
     variables, _ = weights.load_variables(config.feature_weights)
     return variables
-  log(f"config.feature_weights is empty: {config.feature_extractor} features from a random init "
-      f"(seed {config.seed}); fine for a smoke test, not for results")
+  logger.info("config.feature_weights is empty: %s features from a random init (seed %s); fine for a "
+              "smoke test, not for results", config.feature_extractor, config.seed)
   return feature_cache.init_extractor_variables(config.feature_extractor, {}, settings, config.seed)
 
 
-def open_features(config, workdir: str, source, log: Callable[[str], None] = print):
+def open_features(config, workdir: str, source):
   """The feature cache of `source` (built by process 0 on first use, rebuilt when the
   extractor, its weights, the settings or the data changed)."""
-  from blastjax.data import feature_cache
-
   cache_dir = feature_cache_dir(config, workdir)
   settings = extraction_settings(config)
-  variables = extractor_variables(config, settings, log)
+  variables = extractor_variables(config, settings)
   if jax.process_index() == 0:
     feature_cache.ensure_cache(source, cache_dir, variables=variables, model_name=config.feature_extractor,
                                settings=settings, progress=config.progress)
@@ -231,11 +201,11 @@ def open_features(config, workdir: str, source, log: Callable[[str], None] = pri
   return features
 
 
-def with_features(config, workdir: str, data: Data, log: Callable[[str], None] = print) -> Data:
+def with_features(config, workdir: str, data: Data) -> Data:
   """`data` reading cached features instead of frames when the model takes features."""
   if not reads_features(config):
     return data
-  return dataclasses.replace(data, source=open_features(config, workdir, data.source, log))
+  return dataclasses.replace(data, source=open_features(config, workdir, data.source))
 
 
 def make_loader(config, data: Data, indices, train: bool, observe_hours=None):
@@ -244,9 +214,7 @@ def make_loader(config, data: Data, indices, train: bool, observe_hours=None):
                  shuffle=train, seed=config.seed, num_epochs=None if train else 1, drop_remainder=train,
                  observe_hours=observe_hours, num_devices=local_device_count(config))
   if reads_features(config):
-    from blastjax.data import feature_pipeline
-    return feature_pipeline.make_feature_loader(data.source, worker_count=config.worker_count, **options)
-  from blastjax.data import pipeline
+    return pipeline.make_feature_loader(data.source, worker_count=config.worker_count, **options)
   return pipeline.make_loader(data.source, augment=config.augment and train, **options,
                               **loader_options(config, train=train))
 
@@ -256,8 +224,6 @@ def train_loader(config, data: Data):
 
 
 def steps_per_epoch(config, data: Data) -> int:
-  from blastjax.data import pipeline
-
   problem = batch_problem(config, data.train.size)
   if problem:
     raise SplitError(problem)
@@ -265,63 +231,14 @@ def steps_per_epoch(config, data: Data) -> int:
                                     jax.process_count())
 
 
-def predict(runner: Runner, state, config, data: Data, indices, observe_hours=None):
-  """(example indices, P(blast)) over `indices`; sliding windows averaged per embryo."""
-  from blastjax import evaluate
-
-  loader = make_loader(config, data, indices, train=False, observe_hours=observe_hours)
-  rows, probs, valid = [], [], []
-  for batch in loader:
-    probs.append(runner.eval_step(state, batch))
-    rows.append(np.asarray(batch["example_index"]).reshape(-1))
-    valid.append(np.asarray(batch["valid"]).reshape(-1))
-  rows, probs, valid = map(np.concatenate, (rows, probs, valid))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    rows, probs, valid = (np.asarray(multihost_utils.process_allgather(a)).reshape(-1)
-                          for a in (rows, probs, valid))
-  rows, probs = rows[valid], probs[valid]
-  return evaluate.average_by_example(rows, probs)
-
-
-def evaluate_split(runner: Runner, state, config, data: Data, indices, early: bool = True):
-  """Metrics, per-embryo prediction rows and the early-prediction curve of a split."""
-  from blastjax import evaluate
-
-  index, probs = predict(runner, state, config, data, indices)
-  labels = data.labels[index]
-  metrics = evaluate.classification_metrics(labels, probs)
-  metrics["num_embryos"] = int(index.size)
-  rows = [{"embryo_id": str(data.embryo_ids[i]), "patient_id": str(data.patient_ids[i]),
-           "label": int(data.labels[i]), "prob_blast": float(p), "predicted": int(p >= 0.5)}
-          for i, p in zip(index, probs)]
-  curve = None
-  if early and config.early_hours:
-    by_hours = {}
-    for hours in sorted(config.early_hours):
-      cut_index, cut_probs = predict(runner, state, config, data, indices, observe_hours=float(hours))
-      if not np.array_equal(cut_index, index):
-        raise ValueError(f"early prediction at {hours} h lost embryos: the cut-off is before their first frame")
-      by_hours[float(hours)] = cut_probs
-      for row, p in zip(rows, cut_probs):
-        row[f"prob_blast_{hours:g}h"] = float(p)
-    curve = evaluate.early_prediction(labels, by_hours)
-  return metrics, rows, curve
-
-
-def write_data_info(workdir: str, source, data: Data) -> None:
+def data_info(source, data: Data) -> dict:
   """What the model was trained on (focal planes, frame size, frames per embryo), so
-  that predict can refuse input that does not match instead of answering wrongly."""
-  import io
-  from PIL import Image
-
+  that predict can refuse input that does not match instead of answering wrongly
+  (blastjax.rundir writes it as data_info.json)."""
   example = source[int(data.train[0])]
   width, height = Image.open(io.BytesIO(bytes(example["frames"][0, 0]))).size
   frames = [int(source.raw(int(i))["hours"].shape[0]) for i in data.train[:64]]
   info = {"focal_planes": [int(p) for p in np.asarray(example["focal_planes"]).reshape(-1)],
           "frame_size": [int(width), int(height)], "min_frames": int(min(frames)),
           "max_frames": int(max(frames)), "num_train": int(data.train.size)}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "data_info.json.tmp"), "w") as f:
-    json.dump(info, f, indent=2)
-  os.replace(os.path.join(workdir, "data_info.json.tmp"), os.path.join(workdir, "data_info.json"))
+  return info

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from typing import Callable, Iterator
 
 import jax
@@ -23,35 +24,14 @@ from flax import traverse_util
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from blastjax import checkpoint as ckpt_lib
+# The model input/output contract lives with the model spec; the step reads it by
+# (input_kind, per_step), so it needs no spec object (benchmarks build StepConfigs).
+from blastjax import models, weights
+from blastjax.models.registry import blast_probability, final_logits, model_inputs, split_output
 
 AXIS = "batch"
 
-
-# ---------------------------------------------------------------------------- model io
-
-
-def model_inputs(batch: dict, input_kind: str):
-  """(x, mask) a model takes from a batch; image models get mask=None."""
-  x = batch["features"] if input_kind == "features" else batch["image"]
-  return x, (None if input_kind == "image" else batch["mask"])
-
-
-def final_logits(logits, mask, per_step: bool):
-  """[B, C] logits: the last valid step's for per-step models ([B, T, C])."""
-  if not per_step:
-    return logits
-  steps = logits.shape[1]
-  valid = ~mask if mask is not None else jnp.ones(logits.shape[:2], bool)
-  last = steps - 1 - jnp.argmax(valid[:, ::-1], axis=1)
-  return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
-
-
-def split_output(out):
-  """Models may return (logits, aux_logits) in train mode (Inception-v3)."""
-  if isinstance(out, (tuple, list)):
-    return out[0], out[1]
-  return out, None
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- optimizer
@@ -125,6 +105,58 @@ def init_state(model, tx, variables: dict, seed: int) -> dict:
           "batch_stats": variables.get("batch_stats", {}),
           "opt_state": tx.init(variables["params"]),
           "rng": np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)))}
+
+
+def create_model(config):
+  """(module, spec) of `config.model`, in the config's compute dtype (training, evaluation
+  and predict build the model here, so they run the same network)."""
+  spec = models.get_spec(config.model)
+  kwargs = dict(config.model_kwargs)
+  if config.dtype == "bfloat16":
+    kwargs["dtype"] = jnp.bfloat16
+  return models.create(config.model, num_classes=2, **kwargs), spec
+
+
+def init_variables(config, model, spec, sample_batch: dict) -> dict:
+  """Fresh variables (host numpy) from the first row of a [devices, per_device, ...] batch,
+  with config.init_from's converted weights merged in."""
+  x, mask = spec.inputs({k: v[0, :1] for k, v in sample_batch.items()})
+  key = jax.random.PRNGKey(config.seed)
+  # Eager init: compiling the whole init graph of a large 3D network costs minutes on CPU.
+  variables = model.init({"params": key, "dropout": key}, x, train=False, mask=mask)
+  variables = jax.tree.map(np.asarray, dict(variables))
+  return pretrained(config, variables) if config.init_from else variables
+
+
+def merge_pretrained(variables: dict, loaded: dict) -> tuple[dict, int, list]:
+  """Copies every loaded leaf whose path and shape match; returns (merged, count, skipped).
+
+  Converted weights may lack (or have another shape of) the classifier head: those
+  leaves keep their fresh initialisation and are listed in `skipped`.
+  """
+  flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, variables))
+  source = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(loaded)))
+  copied, skipped = 0, []
+  for key, value in flat.items():
+    other = source.get(key)
+    if other is not None and other.shape == value.shape:
+      flat[key] = other.astype(value.dtype)
+      copied += 1
+    else:
+      skipped.append("/".join(map(str, key)))
+  return traverse_util.unflatten_dict(flat), copied, skipped
+
+
+def pretrained(config, variables: dict) -> dict:
+  """`variables` with config.init_from's converted weights merged in."""
+  loaded, _ = weights.load_variables(config.init_from)
+  variables, copied, skipped = merge_pretrained(variables, loaded)
+  if copied == 0:
+    raise ValueError(f"config.init_from={config.init_from!r}: no variable matches model {config.model!r} "
+                     "(converted for another model?)")
+  logger.info("init_from: %d variables loaded, %d kept fresh (%s%s)", copied, len(skipped),
+              ", ".join(skipped[:4]), " ..." if len(skipped) > 4 else "")
+  return variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,9 +235,7 @@ def make_eval_step(model, sc: StepConfig) -> Callable:
     variables = {"params": state["params"]}
     if state["batch_stats"]:
       variables["batch_stats"] = state["batch_stats"]
-    logits, _ = split_output(model.apply(variables, x, train=False, mask=mask))
-    logits = final_logits(logits, mask if sc.per_step else None, sc.per_step)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+    return blast_probability(model.apply(variables, x, train=False, mask=mask), mask, sc.per_step)
 
   return eval_step
 
@@ -213,11 +243,26 @@ def make_eval_step(model, sc: StepConfig) -> Callable:
 # ---------------------------------------------------------------------------- parallel
 
 
+def selected_devices(config) -> list:
+  """The devices a run uses: every device, or the first `config.num_devices` of each process."""
+  wanted = config.get("num_devices", 0)
+  if not wanted:
+    return jax.devices()
+  chosen = []
+  for process in range(jax.process_count()):
+    local = [d for d in jax.devices() if d.process_index == process]
+    if wanted > len(local):
+      raise ValueError(f"config.num_devices={wanted}: process {process} has only {len(local)} devices")
+    chosen += local[:wanted]
+  return chosen
+
+
 class Runner:
   """Runs the one-device steps on every device with pmap or jit + shard_map.
 
   Batches arrive as this process's [local_devices, per_device, ...] arrays; the state
   as one host copy. `put_state` places it (replicated), `host_state` brings it back.
+  `train_step=None` makes an evaluation-only runner (predict).
   """
 
   def __init__(self, train_step: Callable, eval_step: Callable, parallel: str = "pmap",
@@ -226,7 +271,7 @@ class Runner:
     self.devices = list(devices) if devices is not None else jax.devices()
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     if parallel == "pmap":
-      self._train = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=self.devices)
+      self._train = train_step and jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=self.devices)
       self._eval = jax.pmap(eval_step, axis_name=AXIS, devices=self.devices)
       self._place = jax.pmap(lambda tree: tree, axis_name=AXIS, devices=self.devices)
       # Row i of a [local_devices, ...] batch on local device i, as pmap splits it.
@@ -242,8 +287,8 @@ class Runner:
       def eval_one(state, batch):
         return eval_step(state, jax.tree.map(lambda v: v[0], batch))[None]
 
-      self._train = jax.jit(jax.shard_map(train_one, mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                          out_specs=(P(), P())), donate_argnums=(0,))
+      self._train = train_step and jax.jit(jax.shard_map(train_one, mesh=self.mesh, in_specs=(P(), P(AXIS)),
+                                                         out_specs=(P(), P())), donate_argnums=(0,))
       self._eval = jax.jit(jax.shard_map(eval_one, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                                          out_specs=P(AXIS)))
     else:
@@ -273,7 +318,7 @@ class Runner:
     if self.parallel == "pmap":
       return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x[0])
                           .reshape(x.shape[1:]), state)
-    return ckpt_lib.to_numpy_tree(state)
+    return to_numpy_tree(state)
 
   def train_step(self, state, batch):
     """One step on a host batch (placed on the devices first)."""
@@ -335,6 +380,16 @@ class DevicePrefetch:
     return self._state
 
 
+def to_numpy_tree(tree):
+  """Host numpy copies of every leaf (one device's copy of replicated arrays)."""
+
+  def one(x):
+    if isinstance(x, jax.Array):
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(one, tree)
+
+
 def metrics_to_host(metrics) -> dict:
   """One device's copy of the (replicated) step metrics as Python scalars."""
   out = {}
@@ -343,3 +398,31 @@ def metrics_to_host(metrics) -> dict:
       value = value.addressable_data(0)
     out[key] = np.asarray(value).reshape(-1)[0].item()
   return out
+
+
+# ---------------------------------------------------------------------------- a run's model
+
+
+@dataclasses.dataclass
+class Built:
+  """A model ready to train: module, spec, runner, optimizer and the initial host state
+  (None once the loop has placed it on the devices)."""
+
+  model: object
+  spec: object
+  runner: Runner
+  state: dict
+  tx: object
+
+
+def build(config, sample_batch: dict, train_labels, total_steps: int, epoch_steps: int) -> Built:
+  """The model, optimizer, steps and runner of a run, and its initial train state."""
+  model, spec = create_model(config)
+  variables = init_variables(config, model, spec, sample_batch)
+  tx = make_optimizer(config, variables["params"], total_steps, epoch_steps)
+  sc = StepConfig(input_kind=spec.input_kind, per_step=spec.per_step,
+                  class_weights=tuple(class_weight_vector(config, train_labels).tolist()),
+                  aux_loss_weight=config.aux_loss_weight, skip_nonfinite=config.skip_nonfinite)
+  runner = Runner(make_train_step(model, tx, sc), make_eval_step(model, sc), config.parallel,
+                  devices=selected_devices(config))
+  return Built(model, spec, runner, init_state(model, tx, variables, config.seed), tx)

@@ -1,9 +1,11 @@
 """PyTorch state_dict -> Flax variables, for torchvision and reference-repo models.
 
-Each registered model names, through its `torch_key_map`, the torch key of every Flax
-variable; this module does the rest in one place: layout transforms (OIHW -> HWIO,
-[out, in] -> [in, out], ...), strict key and shape checks, and the optional adaptation
-of a pretrained RGB stem to another number of input channels.
+Each registered model names, through its spec's `torch_key_map` (built from
+`blastjax.models.torch_compat`), the torch key of every Flax variable, and through
+`torch_transforms` any tensor a layout rule cannot cover; this module does the rest in
+one place: layout transforms (OIHW -> HWIO, [out, in] -> [in, out], ...), strict key
+and shape checks, and the optional adaptation of a pretrained RGB stem to another number
+of input channels.
 
 Converted variables are stored with `save_variables(dir, variables, meta)` (orbax, plus a
 `meta.json` naming the model, its kwargs and the source checkpoint) and read back with
@@ -28,17 +30,8 @@ from flax import traverse_util
 
 from blastjax.models import registry
 
-# Flax leaf name (per collection) -> torch parameter suffix.
-_PARAM_SUFFIX = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
-_STATS_SUFFIX = {"mean": "running_mean", "var": "running_var"}
 # torch keys that carry no Flax variable.
 IGNORED_TORCH_SUFFIXES = ("num_batches_tracked",)
-
-
-def torch_suffix(collection: str, leaf: str) -> str:
-  """The torch parameter name for a Flax leaf (`kernel` -> `weight`, `mean` -> `running_mean`)."""
-  table = _STATS_SUFFIX if collection == "batch_stats" else _PARAM_SUFFIX
-  return table.get(leaf, leaf)
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -173,9 +166,7 @@ def from_torch(name: str, state_dict: Mapping[str, Any], *, example_input=None,
   skip_keys = set(skip_keys)
   if drop_head:
     skip_keys |= head_keys(name, example_input, **model_kwargs)
-  transforms = getattr(spec.torch_key_map, "transforms", None)
-  if callable(transforms):
-    transforms = transforms(template)
+  transforms = spec.torch_transforms(template) if spec.torch_transforms else None
   return convert(state_dict, template, spec.torch_key_map, adapt_channels=adapt_channels,
                  transforms=transforms, skip_keys=skip_keys)
 

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from blastjax import models
-from blastjax import train
+from blastjax import train_step
 
 # Peak dense bf16 FLOP/s of GPUs we know (SXM parts), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -131,14 +131,14 @@ def time_jax(case: Case, steps: int, dtype: str, parallel: str = "pmap", devices
   spec = models.get_spec(case.model)
   model = models.create(case.model, num_classes=2, dtype=DTYPES[dtype])
   batch = synthetic_batch(case, len(devices))
-  x, mask = train.model_inputs({k: v[0, :1] for k, v in batch.items()}, spec.input_kind)
+  x, mask = spec.inputs({k: v[0, :1] for k, v in batch.items()})
   variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False, mask=mask))(
       jax.random.PRNGKey(0))
   tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-  sc = train.StepConfig(input_kind=spec.input_kind, per_step=spec.per_step)
-  runner = train.Runner(train.make_train_step(model, tx, sc), train.make_eval_step(model, sc),
-                        parallel, devices=devices)
-  state = runner.put_state(train.init_state(model, tx, jax.tree.map(np.asarray, dict(variables)), seed=0))
+  sc = train_step.StepConfig(input_kind=spec.input_kind, per_step=spec.per_step)
+  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+                             parallel, devices=devices)
+  state = runner.put_state(train_step.init_state(model, tx, jax.tree.map(np.asarray, dict(variables)), seed=0))
   del variables
   # AOT: lower and compile the very function Runner.train_step calls, to time compilation
   # apart and to read XLA's cost and memory analyses.

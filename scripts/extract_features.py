@@ -7,7 +7,7 @@
 Kinetics classes), converted with blastjax.weights.from_torch; without it the network
 is randomly initialised (`--seed`), which is only good for smoke tests. The cache is
 reused when its manifest (model, weights checksum, sampling settings, dataset) matches
-and rebuilt otherwise. Train `feature_lstm` on it with blastjax.data.feature_cache's
+and rebuilt otherwise. Train `feature_lstm` on it with blastjax.feature_cache's
 FeatureSource and feature_batches.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from blastjax import models, weights
 from blastjax.data import dataset
-from blastjax.data import feature_cache as fc
+from blastjax import feature_cache as fc
 
 
 def parse_option(text: str):

@@ -147,5 +147,5 @@ def test_smoke_variant_trains_a_step(name, tmp_path_factory, release_compiled):
   if config.clip_length:
     config.clip_length = config.num_frames
   assert config_validation.validate(config, 1) == []
-  result = train.train_and_evaluate(config, str(tmp_path_factory.mktemp(name)), log=lambda _: None)
+  result = train.train_and_evaluate(config, str(tmp_path_factory.mktemp(name)))
   assert result["step"] == 1 and 0.0 <= result["accuracy"] <= 1.0

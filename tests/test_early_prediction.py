@@ -18,7 +18,8 @@ from PIL import Image
 
 import train_helpers as th
 from blastjax import config_validation, models, train_step
-from blastjax.data import feature_cache, feature_pipeline, pipeline, sampling
+from blastjax import feature_cache
+from blastjax.data import pipeline, sampling
 from test_pipeline import MemorySource, _encode
 
 CUTOFF = 9.0  # frames at about 2, 4, 6, 8 h are observed, 10 .. 20 h are the future
@@ -81,7 +82,7 @@ def test_feature_steps_at_a_cutoff_do_not_depend_on_later_frames(sources):
                                                           settings=settings))
     items = [{"features": f, "hours": h, "label": 0, "embryo_id": str(i), "patient_id": "p"}
              for i, (f, h) in enumerate(zip(features, hours))]
-    loader = feature_pipeline.make_feature_loader(_Items(items), batch_size=4, observe_hours=CUTOFF)
+    loader = pipeline.make_feature_loader(_Items(items), batch_size=4, observe_hours=CUTOFF)
     return [dict(b) for b in loader], features
 
   (ours, full), (theirs, full_changed) = rows(source), rows(changed)

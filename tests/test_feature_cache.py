@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from blastjax import weights
-from blastjax.data import feature_cache as fc
+from blastjax import feature_cache as fc
 from blastjax.testing import golden
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden", "i3d.npz")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from blastjax.data import feature_pipeline
+from blastjax.data import pipeline
 
 
 class FakeFeatures:
@@ -36,18 +36,18 @@ def _rows(loader):
 
 def test_rows_are_padded_masked_and_cut_at_observe_hours():
   source = FakeFeatures()
-  rows = _rows(feature_pipeline.make_feature_loader(source, batch_size=4, num_devices=2))
+  rows = _rows(pipeline.make_feature_loader(source, batch_size=4, num_devices=2))
   assert sorted(rows) == list(range(10))
   row = rows[3]  # 4 steps at 10..40 h
   assert row["features"].shape == (5, 3) and row["mask"].tolist() == [False] * 4 + [True]
   assert row["features"][:4].min() == 4.0 and row["features"][4].max() == 0.0
-  early = _rows(feature_pipeline.make_feature_loader(source, batch_size=4, observe_hours=25.0))
+  early = _rows(pipeline.make_feature_loader(source, batch_size=4, observe_hours=25.0))
   assert early[3]["mask"].tolist() == [False, False, True, True, True]
   assert early[3]["features"][2:].max() == 0.0 and early[3]["hours"].tolist() == [10.0, 20.0, 0.0, 0.0, 0.0]
 
 
 def test_training_order_resumes_exactly():
-  loader = feature_pipeline.make_feature_loader(FakeFeatures(), batch_size=4, shuffle=True, seed=3,
+  loader = pipeline.make_feature_loader(FakeFeatures(), batch_size=4, shuffle=True, seed=3,
                                                 num_epochs=None, drop_remainder=True)
   iterator = iter(loader)
   for _ in range(3):
@@ -61,6 +61,6 @@ def test_training_order_resumes_exactly():
 
 def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="divisible by num_devices=3"):
-    feature_pipeline.make_feature_loader(FakeFeatures(), batch_size=4, num_devices=3)
+    pipeline.make_feature_loader(FakeFeatures(), batch_size=4, num_devices=3)
   with pytest.raises(ValueError, match=r"indices must lie in \[0, 10\)"):
-    feature_pipeline.make_feature_loader(FakeFeatures(), indices=[11], batch_size=2)
+    pipeline.make_feature_loader(FakeFeatures(), indices=[11], batch_size=2)

@@ -9,8 +9,8 @@ import pytest
 
 import test_predict
 import train_helpers as th
-from blastjax import config_validation, main, predict, train
-from blastjax.data import feature_cache
+from blastjax import config_validation, main, predict, train_data
+from blastjax import feature_cache
 
 
 def _config(data_dir, **overrides):
@@ -50,7 +50,7 @@ def test_cache_is_built_in_the_workdir_and_reused(run):
 
 def test_predict_matches_the_evaluation(run, tmp_path):
   config, workdir = run
-  source = train.open_source(config)
+  source = train_data.open_source(config)
   with open(os.path.join(workdir, "predictions.csv")) as f:
     row = next(csv.DictReader(f))
   example = source[list(source.metadata()["embryo_ids"]).index(row["embryo_id"])]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from blastjax import main, train
+from blastjax import main, train, train_step
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +101,11 @@ def test_home_in_paths_is_expanded_by_the_python_api(tmp_path, monkeypatch):
   monkeypatch.setenv("HOME", str(home))
   monkeypatch.chdir(cwd)
   config = th.tiny_config("tiny_image", data_dir="~/tfds", num_steps=2, early_hours=(), validation_fraction=0.0)
-  result = train.train_and_evaluate(config, "~/run", log=lambda _: None)
+  result = train.train_and_evaluate(config, "~/run")
   assert result["step"] == 2
   assert os.listdir(cwd) == []  # no literal ./~
   assert (home / "tfds" / "embryo_timelapse").is_dir() and (home / "run" / "metrics.json").exists()
-  assert train.evaluate_workdir("~/run", config, log=lambda _: None)["step"] == 2
+  assert train.evaluate_workdir("~/run", config)["step"] == 2
 
 
 def test_preflight_names_each_problem():
@@ -129,8 +129,8 @@ def test_num_devices_selects_a_subset_and_refuses_too_many(tmp_path, data_dir):
   config = th.tiny_config("tiny_image", data_dir=data_dir, num_devices=2, batch_size=6, eval_batch_size=6,
                           num_steps=2, early_hours=(), validation_fraction=0.0)
   main.preflight(config)  # 6 divides over 2 devices
-  assert [d.id for d in train.selected_devices(config)] == [0, 1]
-  result = train.train_and_evaluate(config, str(tmp_path / "two"), log=lambda _: None)
+  assert [d.id for d in train_step.selected_devices(config)] == [0, 1]
+  result = train.train_and_evaluate(config, str(tmp_path / "two"))
   assert result["step"] == 2
 
 
@@ -160,7 +160,7 @@ def test_cross_validation_groups_patients(tmp_path, data_dir):
   config = th.tiny_config("tiny_image", data_dir=data_dir, num_steps=2, num_folds=2, early_hours=(),
                           validation_fraction=0.0)
   workdir = str(tmp_path / "cv")
-  summary = train.cross_validate(config, workdir, log=lambda _: None)
+  summary = train.cross_validate(config, workdir)
   assert summary["num_folds"] == 2
   assert len(summary["accuracy"]["values"]) == 2
   assert np.isclose(summary["accuracy"]["mean"], np.mean(summary["accuracy"]["values"]))

@@ -2,11 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from blastjax import models
 from blastjax.models import densenet
+from blastjax.testing import param_count
 from test_models_resnet import (DEEP_FIRST_STEP_LR, assert_case_parity,
                                 assert_train_steps_lower_the_loss, convert_case)
 
@@ -25,8 +25,7 @@ def test_parity_on_odd_input_and_at_400(case):
 
 def test_parameter_count_equals_torchvision(case):
   _, result = case
-  ours = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(result["variables"]["params"]))
-  assert ours == result["torch_params"]
+  assert param_count(result["variables"]) == result["torch_params"]
 
 
 @pytest.mark.parametrize("name, steps", [("densenet121", 4), ("densenet169", 2), ("densenet201", 4)])

@@ -10,7 +10,7 @@ import pytest
 
 from blastjax import models, weights
 from blastjax.models import hara_resnet3d
-from blastjax.testing import golden
+from blastjax.testing import golden, param_count
 import video_checks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
@@ -46,7 +46,7 @@ def test_golden_logits(golden_case):
 
 def test_parameter_count_equals_reference(golden_case):
   fixture, variables, _ = golden_case
-  assert golden.param_count(variables) == fixture["meta"]["num_params"]
+  assert param_count(variables) == fixture["meta"]["num_params"]
 
 
 @pytest.mark.parametrize("name,expected", [("hara_resnet3d_18", 33_031_106),
@@ -56,7 +56,7 @@ def test_registered_defaults(name, expected):
   """18 uses type-A shortcuts (no downsample parameters), 34 and 50 type B."""
   model = models.create(name, num_classes=2)
   shapes = weights.variable_shapes(model, np.zeros((1, 8, 32, 32, 3), np.float32))
-  assert golden.param_count(shapes) == expected
+  assert param_count(shapes) == expected
   has_downsample = "downsample_0" in shapes["params"]["layer2"]["0"]
   assert has_downsample == (name != "hara_resnet3d_18")
 

@@ -12,7 +12,7 @@ import torch
 
 from blastjax import models, weights
 from blastjax.models import i3d
-from blastjax.testing import golden
+from blastjax.testing import golden, param_count
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 
@@ -70,7 +70,7 @@ def test_same_padding_is_tensorflow_same(size, pads):
 def test_parameter_count_equals_reference(num_classes, expected):
   model = models.create("i3d", num_classes=num_classes)
   shapes = weights.variable_shapes(model, np.zeros((1, 8, 32, 32, 3), np.float32))
-  assert golden.param_count(shapes) == expected
+  assert param_count(shapes) == expected
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,13 @@ import torch
 import torchvision
 
 from blastjax import models, weights
+from blastjax.testing import param_count
 from blastjax.testing.golden import golden_state_dict
 
 # He-scaled conv weights keep the logits O(1) and input-dependent through 94 conv layers.
 GAIN = 2 ** 0.5
 PAPER_PARAMS = 21.79e6  # Table 3 of the cleavage-stage blastocyst dataset paper.
 
-
-def param_count(variables) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
 
 
 def assert_close(ours, ref, what: str, rtol: float = 1e-4):

@@ -10,7 +10,7 @@ import pytest
 
 from blastjax import models, weights
 from blastjax.models import mfnet
-from blastjax.testing import golden
+from blastjax.testing import golden, param_count
 import video_checks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
@@ -47,9 +47,9 @@ def test_parameter_count_equals_reference(num_classes):
   reference = _load_case("mfnet3d")[0]["meta"]["num_params"]
   model = models.create("mfnet3d", num_classes=num_classes)
   shapes = weights.variable_shapes(model, np.zeros((1, 4, 16, 16, 3), np.float32))
-  assert golden.param_count(shapes) == reference[str(num_classes)]
+  assert param_count(shapes) == reference[str(num_classes)]
   if num_classes == 2:
-    assert golden.param_count(shapes) == 7_690_306
+    assert param_count(shapes) == 7_690_306
 
 
 def test_features_and_feature_map():

@@ -12,6 +12,7 @@ import torchvision
 
 from blastjax import models, weights
 from blastjax.models import mobilenet
+from blastjax.testing import param_count
 from blastjax.testing.golden import golden_state_dict
 
 NAMES = ("mobilenet_v3_large", "mobilenet_v3_small")
@@ -19,9 +20,6 @@ NAMES = ("mobilenet_v3_large", "mobilenet_v3_small")
 # hard activations saturate), yet torch's own float32 result stays within 1e-5 of float64.
 GAIN = {"mobilenet_v3_large": 1.3, "mobilenet_v3_small": 1.5}
 
-
-def param_count(variables) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
 
 
 def torch_reference(name: str, seed: int = 0, gain: float = 1.0):

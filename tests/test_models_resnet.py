@@ -17,7 +17,8 @@ import torch
 import torchvision
 
 from blastjax import models, weights
-from blastjax.models import resnet
+from blastjax.models import resnet, torch_compat
+from blastjax.testing import param_count
 from train_helpers import LARGE_MODEL
 
 NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -141,8 +142,7 @@ def test_parity_on_odd_input_and_at_400(case):
 
 def test_parameter_count_equals_torchvision(case):
   _, result = case
-  ours = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(result["variables"]["params"]))
-  assert ours == result["torch_params"]
+  assert param_count(result["variables"]) == result["torch_params"]
 
 
 def assert_train_steps_lower_the_loss(name, steps=4, learning_rate=1e-4):
@@ -233,11 +233,12 @@ def _take(variables, shapes):
 
 
 def test_prefixed_key_map_for_an_embedded_resnet():
-  key_map = resnet.prefixed(resnet.resnet_key_map, "encoder", "base_model")
+  key_map = torch_compat.prefixed_key_map(torch_compat.dotted_key_map, "encoder", "base_model")
   assert key_map("params", ("encoder", "layer2_0", "downsample_0", "kernel")) == \
       "base_model.layer2.0.downsample.0.weight"
   assert key_map("batch_stats", ("encoder", "bn1", "var")) == "base_model.bn1.running_var"
-  assert resnet.prefixed(resnet.resnet_key_map, ("a", "b"))("params", ("a", "b", "fc", "bias")) == "fc.bias"
+  assert torch_compat.prefixed_key_map(torch_compat.dotted_key_map, ("a", "b"))(
+      "params", ("a", "b", "fc", "bias")) == "fc.bias"
   with pytest.raises(ValueError, match="not under encoder"):
     key_map("params", ("decoder", "fc", "bias"))
 

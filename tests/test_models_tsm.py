@@ -12,7 +12,7 @@ import pytest
 
 from blastjax import models, weights
 from blastjax.models import tsm
-from blastjax.testing import golden
+from blastjax.testing import golden, param_count
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 
@@ -86,7 +86,7 @@ def test_golden_logits(golden_model):
 
 def test_param_count_matches_reference(golden_model):
   fixture, variables, _, _ = golden_model
-  ours = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables["params"]))
+  ours = param_count(variables)
   torch_params = sum(int(np.prod(s)) for k, s in fixture["keys_and_shapes"]
                      if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
   assert ours == torch_params

@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from blastjax import models, weights
-from blastjax.models import video_resnet
-from blastjax.testing import golden
+from blastjax.models import torch_compat, video_resnet
+from blastjax.testing import param_count
 import video_checks
 
 NAMES = ("r3d_18", "mc3_18", "r2plus1d_18")
@@ -59,8 +59,8 @@ def test_parity_with_torchvision(converted):
 
 def test_parameter_count_equals_torchvision(converted):
   name, reference, variables = converted
-  assert golden.param_count(variables) == sum(p.numel() for p in reference.parameters())
-  assert golden.param_count(variables) == EXPECTED_PARAMS[name]
+  assert param_count(variables) == sum(p.numel() for p in reference.parameters())
+  assert param_count(variables) == EXPECTED_PARAMS[name]
 
 
 def test_split_network_equals_whole():
@@ -87,7 +87,7 @@ def test_split_network_equals_whole():
 
 
 def test_prefixed_key_map_names_torch_keys():
-  key_map = video_resnet.prefixed_key_map(video_resnet.dotted_key_map, "branch3d", "")
+  key_map = torch_compat.prefixed_key_map(torch_compat.dotted_key_map, "branch3d", "")
   assert key_map("params", ("branch3d", "layer2", "0", "conv1_0_3", "kernel")) == \
       "layer2.0.conv1.0.3.weight"
   assert key_map("batch_stats", ("branch3d", "stem", "1", "mean")) == "stem.1.running_mean"

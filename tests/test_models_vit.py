@@ -14,12 +14,10 @@ from torchvision.models.vision_transformer import interpolate_embeddings
 
 from blastjax import models, weights
 from blastjax.models import vit
+from blastjax.testing import param_count
 from blastjax.testing.golden import golden_state_dict
 from train_helpers import LARGE_MODEL
 
-
-def param_count(variables) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
 
 
 def assert_close(ours, ref, what: str):

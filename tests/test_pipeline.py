@@ -265,7 +265,7 @@ def test_process_shards_cover_data_with_equal_batch_counts(source, monkeypatch):
 
   per_shard = []
   for shard_index in (0, 1, 2, 3):
-    monkeypatch.setattr(pipeline.grain, "ShardByJaxProcess",
+    monkeypatch.setattr(pipeline.sharding, "ShardByJaxProcess",
                         lambda drop_remainder, i=shard_index: grain.ShardOptions(i, 4, drop_remainder))
     per_shard.append(_batches(pipeline.make_loader(source, indices=[0, 1, 2, 3, 4], num_frames=2,
                                                    image_size=8, batch_size=1, shuffle=True)))

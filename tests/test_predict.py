@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import train_helpers as th
-from blastjax import main, predict, train
+from blastjax import main, predict, train_data
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def run(tmp_path_factory):
   config = th.tiny_config("tiny_video", data_dir=data_dir, num_steps=4, validation_fraction=0.0)
   workdir = str(tmp_path_factory.mktemp("run"))
   main.run(config, workdir, "train")
-  source = train.open_source(config)
+  source = train_data.open_source(config)
   with open(os.path.join(workdir, "predictions.csv")) as f:
     row = next(csv.DictReader(f))
   index = list(source.metadata()["embryo_ids"]).index(row["embryo_id"])

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_helpers as th
-from blastjax import checkpoint, train
+from blastjax import rundir, train
 
 STEPS = 40
 RUN = dict(num_steps=STEPS, checkpoint_every_steps=5, eval_every_steps=20, log_every_steps=5)
@@ -69,8 +69,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, data_dir):
   config_path = th.write_config_file(str(tmp_path / "config.py"), "tiny_image", data_dir=data_dir, **RUN)
   env = th.subprocess_env(devices=4)   # as this pytest process: the reference runs here
   reference = str(tmp_path / "reference")
-  train.train_and_evaluate(th.tiny_config("tiny_image", data_dir=data_dir, **RUN), reference,
-                           log=lambda _: None)
+  train.train_and_evaluate(th.tiny_config("tiny_image", data_dir=data_dir, **RUN), reference)
 
   killed = str(tmp_path / "killed")
   rng = np.random.default_rng(0)
@@ -110,8 +109,8 @@ def _leaves(tree):
 
 def test_same_seed_same_metrics_in_process(tmp_path, data_dir):
   config = th.tiny_config("tiny_image", data_dir=data_dir, num_steps=6, early_hours=())
-  first = train.train_and_evaluate(config, str(tmp_path / "a"), log=lambda _: None)
-  second = train.train_and_evaluate(config, str(tmp_path / "b"), log=lambda _: None)
+  first = train.train_and_evaluate(config, str(tmp_path / "a"))
+  second = train.train_and_evaluate(config, str(tmp_path / "b"))
   assert first == second
 
 
@@ -120,9 +119,9 @@ def test_non_finite_loss_stops_naming_step_and_embryos(tmp_path, data_dir):
                           learning_rate=1e38, validation_fraction=0.0, early_hours=())
   workdir = str(tmp_path / "nan")
   with pytest.raises(train.NonFiniteLossError, match=r"step \d+: .*(embryos \S+|parameters)") as error:
-    train.train_and_evaluate(config, workdir, log=lambda _: None)
+    train.train_and_evaluate(config, workdir)
   assert "last good checkpoint" in str(error.value)
-  saved = checkpoint.Checkpoints(workdir, read_only=True)
+  saved = rundir.Checkpoints(workdir, read_only=True)
   step = saved.latest_step()
   saved.close()
   assert step is not None and step < 12
@@ -132,7 +131,7 @@ def test_non_finite_loss_stops_naming_step_and_embryos(tmp_path, data_dir):
   config.skip_nonfinite = True
   config.learning_rate = 1e-3
   config.grad_clip_norm = 1.0
-  result = train.train_and_evaluate(config, str(tmp_path / "skip"), log=lambda _: None)
+  result = train.train_and_evaluate(config, str(tmp_path / "skip"))
   assert result["step"] == 12
 
 
@@ -148,8 +147,8 @@ def test_full_disk_at_save_keeps_earlier_checkpoints(tmp_path, data_dir, monkeyp
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-  with pytest.raises(checkpoint.CheckpointError, match=r"could not write checkpoint step 8 .*intact \(steps \[4\]\)"):
-    train.train_and_evaluate(config, workdir, log=lambda _: None)
+  with pytest.raises(rundir.CheckpointError, match=r"could not write checkpoint step 8 .*intact \(steps \[4\]\)"):
+    train.train_and_evaluate(config, workdir)
   step, params = _final_params(workdir)
   assert step == 4 and all(np.isfinite(leaf).all() for leaf in _leaves(params))
 

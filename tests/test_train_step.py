@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from blastjax import models, train, train_step
+from blastjax import models, train_step
+from blastjax.models import registry
 
 # float32 on CPU; the 4-device runs sum partial gradients in another order. Dropout is
 # off in the comparison (its masks are drawn per device) and so is BatchNorm (its
@@ -37,23 +38,23 @@ def _setup(name="tiny_image", frames=None, freeze="", skip_nonfinite=False, **mo
   model = models.create(name, **model_kwargs)
   spec = models.get_spec(name)
   sample = _batch(1, 2, frames)
-  x, mask = train.model_inputs({k: v[0] for k, v in sample.items()}, spec.input_kind)
+  x, mask = spec.inputs({k: v[0] for k, v in sample.items()})
   variables = jax.tree.map(np.asarray, dict(model.init({"params": jax.random.PRNGKey(0)}, x, mask=mask)))
-  tx = train.make_optimizer(config, variables["params"], total_steps=10, steps_per_epoch=2)
-  sc = train.StepConfig(spec.input_kind, spec.per_step, skip_nonfinite=skip_nonfinite)
-  state = train.init_state(model, tx, variables, seed=0)
+  tx = train_step.make_optimizer(config, variables["params"], total_steps=10, steps_per_epoch=2)
+  sc = train_step.StepConfig(spec.input_kind, spec.per_step, skip_nonfinite=skip_nonfinite)
+  state = train_step.init_state(model, tx, variables, seed=0)
   return model, tx, sc, state
 
 
 def _run(parallel, devices, batches, name="tiny_image", frames=None, **kwargs):
   model, tx, sc, state = _setup(name, frames, **kwargs)
-  runner = train.Runner(train.make_train_step(model, tx, sc), train.make_eval_step(model, sc),
-                        parallel, devices=devices)
+  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+                             parallel, devices=devices)
   state = runner.put_state(state)
   metrics = []
   for batch in batches:
     state, m = runner.train_step(state, batch)
-    metrics.append(train.metrics_to_host(m))
+    metrics.append(train_step.metrics_to_host(m))
   return runner.host_state(state), metrics
 
 
@@ -102,7 +103,7 @@ def test_invalid_rows_and_padded_steps_do_not_change_the_update():
 def test_final_logits_takes_the_last_valid_step():
   logits = jnp.arange(2 * 4 * 2, dtype=jnp.float32).reshape(2, 4, 2)
   mask = jnp.asarray([[False, False, True, True], [False, False, False, False]])
-  out = train_step.final_logits(logits, mask, per_step=True)
+  out = registry.final_logits(logits, mask, per_step=True)
   np.testing.assert_array_equal(out, np.stack([logits[0, 1], logits[1, 3]]))
 
 
@@ -135,19 +136,19 @@ def test_optimizer_schedules_and_class_weights():
   for schedule in ("constant", "cosine", "plateau"):
     config.schedule = schedule
     config.grad_clip_norm = 1.0
-    tx = train.make_optimizer(config, params, total_steps=10, steps_per_epoch=2)
+    tx = train_step.make_optimizer(config, params, total_steps=10, steps_per_epoch=2)
     updates, _ = tx.update({"w": jnp.full(3, 5.0)}, tx.init(params), params, value=jnp.float32(1.0))
     assert np.all(np.isfinite(np.asarray(updates["w"])))
   config.class_weights = "balanced"
-  np.testing.assert_allclose(train.class_weight_vector(config, [0, 0, 0, 1]), [2 / 3, 2.0])
+  np.testing.assert_allclose(train_step.class_weight_vector(config, [0, 0, 0, 1]), [2 / 3, 2.0])
   config.class_weights = "1,3"
-  np.testing.assert_allclose(train.class_weight_vector(config, [0, 1]), [1.0, 3.0])
+  np.testing.assert_allclose(train_step.class_weight_vector(config, [0, 1]), [1.0, 3.0])
 
 
 def test_merge_pretrained_keeps_a_mismatched_head():
   variables = {"params": {"conv1": {"kernel": np.zeros((3, 3, 1, 4))}, "fc": {"kernel": np.zeros((4, 2))}}}
   loaded = {"params": {"conv1": {"kernel": np.ones((3, 3, 1, 4))}, "fc": {"kernel": np.ones((4, 1000))}}}
-  merged, copied, skipped = train.merge_pretrained(variables, loaded)
+  merged, copied, skipped = train_step.merge_pretrained(variables, loaded)
   assert copied == 1 and skipped == ["params/fc/kernel"]
   assert merged["params"]["conv1"]["kernel"].sum() == 36
 
@@ -156,8 +157,8 @@ def test_merge_pretrained_keeps_a_mismatched_head():
 def test_compiled_train_step_equals_train_step(parallel):
   devices = jax.devices()[:2]
   model, tx, sc, state = _setup()
-  runner = train.Runner(train.make_train_step(model, tx, sc), train.make_eval_step(model, sc),
-                        parallel, devices=devices)
+  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+                             parallel, devices=devices)
   batch = _batch(2, 2)
   compiled = runner.compile_train_step(runner.put_state(state), batch)
   assert compiled.cost_analysis() is not None
@@ -205,8 +206,8 @@ def test_prefetched_batches_give_the_same_steps(parallel):
   devices = jax.devices()[:2]
   batches = [_batch(2, 2, seed=s) for s in range(3)]
   model, tx, sc, state = _setup()
-  runner = train.Runner(train.make_train_step(model, tx, sc), train.make_eval_step(model, sc),
-                        parallel, devices=devices)
+  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+                             parallel, devices=devices)
   prefetched = runner.put_state(state)
   for _, placed in train_step.DevicePrefetch(_ListIterator(batches), runner.put_batch, 2):
     prefetched, _ = runner.train_step_placed(prefetched, placed)

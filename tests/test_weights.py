@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from blastjax import models, weights
-from blastjax.models import resnet
+from blastjax.models import torch_compat
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (1, 40, 44)  # batch, H, W
@@ -31,7 +31,7 @@ def resnet18_template(in_channels=3):
 
 
 def convert(state):
-  return weights.convert(state, resnet18_template(), resnet.resnet_key_map)
+  return weights.convert(state, resnet18_template(), torch_compat.dotted_key_map)
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,27 +15,24 @@ of 90 degrees are exact and cost nothing), horizontal flip, brightness and contr
 jitter (torchvision ColorJitter: brightness multiplies, contrast blends with the frame
 mean; factors uniform in [1-b, 1+b]).
 
-Decoding: grayscale; 16-bit frames are scaled to [0, 1] by 65535; RGB frames are
-converted to gray with PIL's ITU-R 601-2 luma transform (embryos are transparent and
-imaged in gray; colour is an artefact of the export). JPEGs that lack their end marker
-(cut-off EmbryoScope exports) get one appended, which is what PIL's global
-LOAD_TRUNCATED_IMAGES does, but only for our decode. JPEG frames are decoded at a reduced
-size with PIL's draft mode (DCT scaling) when the crop allows it, which is the main speed-up.
+Decoding (gray values, cut-off JPEGs) is blastjax.data.frames'. JPEG frames are decoded
+at a reduced size with PIL's draft mode (DCT scaling) when the crop allows it, which is
+the main speed-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageStat
 
+from blastjax.data import frames
+
 CROPS = ("center", "random", "multiscale", "corner")
 HARA_SCALES = (1.0, 2 ** -0.25, 2 ** -0.5, 2 ** -0.75, 0.5)
-_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 # A JPEG may be drafted (decoded by DCT scaling) down to this fraction of the pixels the
 # crop needs: at most a 1.25x upsampling (500 px frames at scale 0.875 -> 224 px decode
 # at half size, 4x fewer pixels to decode and resample).
@@ -144,30 +141,7 @@ def crop_box(width: int, height: int, params: Params) -> tuple:
 def decode(data: bytes, params: Params, image_size: int) -> Image.Image:
   """The frame as a loaded PIL image; a JPEG is drafted (decoded at 1/2, 1/4 or 1/8
   size by DCT scaling) as far as the crop of `params` still yields `image_size` pixels."""
-  if data[:2] == _JPEG_START and not data.rstrip(b"\x00").endswith(_JPEG_END):
-    data = data + _JPEG_END
-  image = Image.open(io.BytesIO(data))
-  if image.format == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
-    width, height = image.size
-    factor = DRAFT_TOLERANCE * image_size / (params.scale * min(width, height))
-    image.draft("L", (max(1, math.ceil(width * factor)), max(1, math.ceil(height * factor))))
-  image.load()
-  return image
-
-
-def _to_gray(image: Image.Image) -> tuple:
-  """(gray image in mode 'L' or 'F', the value of white)."""
-  if image.mode == "L":
-    return image, 255.0
-  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-    return image.convert("I").convert("F"), 65535.0
-  if image.mode == "I":
-    return image.convert("F"), 65535.0
-  if image.mode == "F":
-    return image, 1.0
-  if image.mode == "1":
-    return image.convert("L"), 255.0
-  return image.convert("L"), 255.0   # RGB, RGBA, P, LA, CMYK, YCbCr: ITU-R 601-2 luma
+  return frames.decode(data, short_side=DRAFT_TOLERANCE * image_size / params.scale)
 
 
 def render(data: bytes, params: Params, image_size: int, colour: bool = True) -> np.ndarray:
@@ -178,7 +152,7 @@ def render(data: bytes, params: Params, image_size: int, colour: bool = True) ->
   transform doing crop, rotation and resize together). colour=False leaves brightness and
   contrast to the caller (the pipeline applies them to a whole sequence at once).
   """
-  image, white = _to_gray(decode(data, params, image_size))
+  image, white = frames.to_gray(decode(data, params, image_size))
   left, top, right, _ = crop_box(image.width, image.height, params)
   side = right - left
   reduction = int(side // image_size)

@@ -14,6 +14,7 @@ pipeline reads:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -21,13 +22,26 @@ from typing import Optional
 
 import numpy as np
 
+from blastjax.data import frames as frames_lib
+from blastjax.data import splits
+
 DATASET_NAME = "embryo_timelapse"
 # The one TFDS split, holding every embryo ("all" is reserved by TFDS); train/test
 # splits are computed by blastjax.data.splits so that protocols can vary by seed.
 SPLIT = "full"
 CLASS_NAMES = ("non_blast", "blast")
+REPORT_FILE = "build_report.json"   # counts, skipped embryos, adaptations of a build
+INDEX_FILE = "embryos.json"         # index_entry of every example, in storage order
 _SHORT = {"num_embryos": "n", "num_patients": "p", "image_size": "px", "interval_minutes": "min",
           "horizon_hours": "h", "simulator_seed": "seed", "resize": "resize", "image_format": "fmt"}
+
+
+def _builder_module():
+  """blastjax.data.builder, imported when a builder is needed: it imports
+  tensorflow_datasets (seconds), and it imports this module (its constants)."""
+  from blastjax.data import builder
+
+  return builder
 
 
 def default_data_dir() -> str:
@@ -37,7 +51,7 @@ def default_data_dir() -> str:
 def builder_config(config: str = "synthetic", **options):
   """The builder config `config` with `options` changed; its name encodes the changes,
   so differently-built variants never share a directory."""
-  from tfds_builders.embryo_timelapse import embryo_timelapse as et
+  et = _builder_module()
 
   base = {c.name: c for c in et.BUILDER_CONFIGS}.get(config)
   if base is None:
@@ -63,7 +77,7 @@ def get_builder(config: str = "synthetic", data_dir: Optional[str] = None, skip_
 
   skip_invalid only matters when building: it shares the directory of the strict build.
   """
-  from tfds_builders.embryo_timelapse import embryo_timelapse as et
+  et = _builder_module()
 
   chosen = builder_config(config, **options)
   # A registered config goes by name: the builder is then picklable into processes
@@ -139,11 +153,8 @@ def ensure_built(config: str = "synthetic", data_dir: Optional[str] = None,
 
 def _read_index(builder):
   """The build's embryos.json (list of index entries), or None if absent or unreadable."""
-  import json
-  from tfds_builders.embryo_timelapse import embryo_timelapse as et
-
   try:
-    with open(os.path.join(builder.data_dir, et.INDEX_FILE)) as f:
+    with open(os.path.join(builder.data_dir, INDEX_FILE)) as f:
       return json.load(f)
   except (OSError, ValueError):
     return None
@@ -155,16 +166,12 @@ def _is_built(builder) -> bool:
 
 
 def _report_path(builder) -> str:
-  from tfds_builders.embryo_timelapse import embryo_timelapse as et
-
-  return os.path.join(builder.data_dir, et.REPORT_FILE)
+  return os.path.join(builder.data_dir, REPORT_FILE)
 
 
 def summary(builder, report_path: Optional[str] = None) -> str:
   """Embryos per class, patients, frames, skipped embryos and adaptations of a build
   (read from its build_report.json)."""
-  import json
-
   name = f"{DATASET_NAME}/{builder.builder_config.name}"
   if not report_path or not os.path.exists(report_path):
     return f"{name}: {builder.info.splits[SPLIT].num_examples} embryos (no build report found)"
@@ -244,7 +251,7 @@ class EmbryoSource:
       if self._entries is not None:
         rows = [self._entries[self._index(i)] for i in range(len(self))]
       else:
-        rows = [_index_row(self.raw(i)) for i in range(len(self))]
+        rows = [index_entry(self.raw(i)) for i in range(len(self))]
       first = rows[0] if rows else None
       self._metadata = {
           "labels": np.asarray([int(r["label"]) for r in rows], np.int64),
@@ -259,10 +266,14 @@ class EmbryoSource:
     return self._metadata
 
 
-def _index_row(example: dict) -> dict:
-  from tfds_builders.embryo_timelapse import embryo_timelapse as et
-
-  return et.index_entry(example)
+def index_entry(example: dict) -> dict:
+  """What metadata needs of one example, without its frames: ids, label, split, sizes."""
+  frames = example["frames"]
+  width, height = frames_lib.size(frames[0]) if len(frames) else (0, 0)  # the header only
+  return {"embryo_id": example["embryo_id"], "patient_id": example["patient_id"],
+          "label": int(example["label"]), "split": example["split"],
+          "num_frames": int(len(example["hours"])), "focal_planes": [int(o) for o in example["focal_planes"]],
+          "image_size": [height, width]}
 
 
 def load_source(config: str = "synthetic", split: str = "all", data_dir: Optional[str] = None,
@@ -292,7 +303,5 @@ def load_source(config: str = "synthetic", split: str = "all", data_dir: Optiona
     return source.subset(np.flatnonzero(meta["splits"] == split), f"{source.name}[{split}]")
   if split not in ("train", "test"):
     raise ValueError(f"split {split!r} unknown; use 'all', 'train' or 'test' (paper split by split_seed)")
-  from blastjax.data import splits
-
   train, test = splits.paper_split(meta["labels"], split_seed)
   return source.subset(train if split == "train" else test, f"{source.name}[{split}]")

@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import masking
+from blastjax.models import masking, torch_compat
 from blastjax.models.registry import register
 from blastjax.models.resnet import ResNet
 from blastjax.models.tsm import backbone_config, make_shift
@@ -136,8 +136,8 @@ class AMSNet(nn.Module):
     # outputs go back to their original slots at the end.
     x, packed_mask = masking.compact(x, mask)
     valid = jnp.ones((batch, frames), bool) if mask is None else ~packed_mask
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, use_fast_variance=False, dtype=self.dtype)
+    norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,
+                             dtype=self.dtype)
     # Front: time folded inside each (sequence, plane) pair so the shift runs along T.
     by_plane = jnp.swapaxes(x, 1, 2).reshape((batch * planes * frames,) + x.shape[3:])
     plane_valid = jnp.repeat(valid[:, None, :], planes, axis=1)  # [B, P, T]
@@ -161,7 +161,7 @@ class AMSNet(nn.Module):
     return masking.scatter_steps(features, mask)
 
 
-@register("amsnet", input_kind="video_focal", per_step=True, min_image_size=32,
+@register(input_kind="video_focal", per_step=True, min_image_size=32,
           reference="amsnet_early_blastocyst_prediction.txt (no public code)")
 def amsnet(num_classes: int = 2, **kwargs) -> AMSNet:
   """AMSNet: TSM-ResNet-50 + multi-focus selection, one prediction per time step; kwargs:

@@ -19,13 +19,12 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from blastjax import weights
+from blastjax.models import torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
 # torchvision's init: kaiming_normal_ (fan_in) for convs; Linear bias zero.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 class DenseLayer(nn.Module):
@@ -98,8 +97,8 @@ class DenseNet(nn.Module):
     del mask  # Single-image model.
     check_in_channels("DenseNet", self.in_channels, x)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, use_fast_variance=False, dtype=self.dtype)
+    norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,
+                             dtype=self.dtype)
     x = jnp.asarray(x, self.dtype)
     x = conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv0")(x)
     x = nn.relu(norm(name="norm0")(x))
@@ -118,8 +117,8 @@ class DenseNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=linear_kernel_init,
-                    name="classifier")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype,
+                    kernel_init=torch_compat.linear_kernel_init, name="classifier")(x)
 
 
 DENSENET_CONFIGS = {
@@ -131,20 +130,30 @@ DENSENET_CONFIGS = {
 
 def densenet_key_map(collection: str, path: tuple) -> str:
   """`denseblock1/denselayer2/norm1/mean` -> `features.denseblock1.denselayer2.norm1.running_mean`."""
-  key = ".".join(list(path[:-1]) + [weights.torch_suffix(collection, path[-1])])
+  key = torch_compat.joined_key_map(collection, path)
   return key if path[0] == "classifier" else f"features.{key}"
 
 
-def _register(name: str):
-  def builder(num_classes: int = 2, **kwargs) -> DenseNet:
-    return DenseNet(**DENSENET_CONFIGS[name], num_classes=num_classes, **kwargs)
-
-  builder.__name__ = name
-  builder.__doc__ = f"torchvision's {name}; kwargs: drop_rate, bn_size, dtype, in_channels."
-  return register(name, input_kind="image", torch_key_map=densenet_key_map,
-                  reference=f"torchvision.models.{name}", min_image_size=32)(builder)
+def _torchvision(name: str):
+  """The `register` arguments of torchvision's model `name`."""
+  return dict(input_kind="image", torch_key_map=densenet_key_map,
+              reference=f"torchvision.models.{name}", min_image_size=32)
 
 
-densenet121 = _register("densenet121")
-densenet169 = _register("densenet169")
-densenet201 = _register("densenet201")
+# kwargs: drop_rate, bn_size, dtype, in_channels.
+@register(**_torchvision("densenet121"))
+def densenet121(num_classes: int = 2, **kwargs) -> DenseNet:
+  """torchvision's densenet121."""
+  return DenseNet(**DENSENET_CONFIGS["densenet121"], num_classes=num_classes, **kwargs)
+
+
+@register(**_torchvision("densenet169"))
+def densenet169(num_classes: int = 2, **kwargs) -> DenseNet:
+  """torchvision's densenet169."""
+  return DenseNet(**DENSENET_CONFIGS["densenet169"], num_classes=num_classes, **kwargs)
+
+
+@register(**_torchvision("densenet201"))
+def densenet201(num_classes: int = 2, **kwargs) -> DenseNet:
+  """torchvision's densenet201."""
+  return DenseNet(**DENSENET_CONFIGS["densenet201"], num_classes=num_classes, **kwargs)

@@ -31,7 +31,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from blastjax.models import torch_compat
 from blastjax.models.registry import register
+
+# Keras BatchNormalization(momentum=0.99, epsilon=1e-3): Keras's momentum is the decay of
+# the running averages, as Flax's; torch's equivalent momentum is 0.01.
+batch_norm = torch_compat.torch_batch_norm(momentum=0.01, eps=1e-3)
 
 
 def _lstm_bias_init(key, shape, dtype=jnp.float32):
@@ -96,8 +101,7 @@ class FeatureLSTM(nn.Module):
   dtype: Any = jnp.float32
 
   def _regularize(self, x, train: bool, name: str):
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
-                     use_fast_variance=False, dtype=self.dtype, name=f"{name}_bn")(x)
+    x = batch_norm(use_running_average=not train, dtype=self.dtype, name=f"{name}_bn")(x)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
   @nn.compact
@@ -117,7 +121,7 @@ class FeatureLSTM(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
 
 
-@register("feature_lstm", input_kind="features",
+@register(input_kind="features",
           reference="Karácsony et al., seizure I3D+LSTM (Keras; no public code)")
 def feature_lstm(num_classes: int = 2, **kwargs) -> FeatureLSTM:
   """Masked LSTM(128, 64) -> FC(64, 32) classifier over per-frame I3D features."""

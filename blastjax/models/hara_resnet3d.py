@@ -24,7 +24,7 @@ gradient through the identity path.
 Module names are the reference's keys, one Flax module per torch container: `conv1`,
 `bn1`, `layer1` .. `layer4` (children `0`, `1`, ...: the blocks, each with `conv1`,
 `bn1`, `conv2`, `bn2`, [`conv3`, `bn3`], `downsample_0`, `downsample_1`) and `fc`;
-`video_resnet.dotted_key_map` gives the torch keys. `num_classes=0` returns pooled
+`torch_compat.dotted_key_map` gives the torch keys. `num_classes=0` returns pooled
 features; `return_feature_map=True` the layer4 map [B, T', H', W', C].
 
 A padding mask (True = padding frame, at any positions) is honoured by moving the valid
@@ -40,9 +40,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import masking
+from blastjax.models import masking, torch_compat
 from blastjax.models.registry import register
-from blastjax.models.video_resnet import batch_norm, conv3d, dotted_key_map
+from blastjax.models.video_resnet import batch_norm, conv3d
 
 Array = jax.Array
 
@@ -182,19 +182,32 @@ HARA_CONFIGS = {
     "hara_resnet3d_34": dict(block="basic", layers=(3, 4, 6, 3), shortcut_type="B"),
     "hara_resnet3d_50": dict(block="bottleneck", layers=(3, 4, 6, 3), shortcut_type="B"),
 }
-REFERENCE = "kenshohara/3D-ResNets-PyTorch models/resnet.py generate_model({depth})"
 
 
-def _builder(name: str):
-  def build(num_classes: int = 2, **kwargs) -> HaraResNet3D:
-    return HaraResNet3D(num_classes=num_classes, **{**HARA_CONFIGS[name], **kwargs})
-
-  depth = name.rsplit("_", 1)[-1]
-  build.__doc__ = f"Hara et al.'s 3D ResNet-{depth} (kenshohara/3D-ResNets-PyTorch)."
-  return build
+def hara_resnet3d_from_config(name: str, num_classes: int = 2, **overrides) -> HaraResNet3D:
+  """`HaraResNet3D(**HARA_CONFIGS[name], num_classes=..., **overrides)`."""
+  return HaraResNet3D(num_classes=num_classes, **{**HARA_CONFIGS[name], **overrides})
 
 
-for _name in HARA_CONFIGS:
-  register(_name, input_kind="video", torch_key_map=dotted_key_map,
-           reference=REFERENCE.format(depth=_name.rsplit("_", 1)[-1]),
-           min_image_size=32)(_builder(_name))
+def _reference(depth: int):
+  """The `register` arguments of the reference's `generate_model(depth)`."""
+  return dict(input_kind="video", torch_key_map=torch_compat.dotted_key_map, min_image_size=32,
+              reference=f"kenshohara/3D-ResNets-PyTorch models/resnet.py generate_model({depth})")
+
+
+@register(**_reference(18))
+def hara_resnet3d_18(num_classes: int = 2, **kwargs) -> HaraResNet3D:
+  """Hara et al.'s 3D ResNet-18 (kenshohara/3D-ResNets-PyTorch)."""
+  return hara_resnet3d_from_config("hara_resnet3d_18", num_classes, **kwargs)
+
+
+@register(**_reference(34))
+def hara_resnet3d_34(num_classes: int = 2, **kwargs) -> HaraResNet3D:
+  """Hara et al.'s 3D ResNet-34 (kenshohara/3D-ResNets-PyTorch)."""
+  return hara_resnet3d_from_config("hara_resnet3d_34", num_classes, **kwargs)
+
+
+@register(**_reference(50))
+def hara_resnet3d_50(num_classes: int = 2, **kwargs) -> HaraResNet3D:
+  """Hara et al.'s 3D ResNet-50 (kenshohara/3D-ResNets-PyTorch)."""
+  return hara_resnet3d_from_config("hara_resnet3d_50", num_classes, **kwargs)

@@ -34,11 +34,12 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from blastjax import weights
-from blastjax.models import masking
+from blastjax.models import masking, torch_compat
 from blastjax.models.registry import register
 
 Triple = Sequence[int]
+# The reference's nn.BatchNorm3d(eps=0.001, momentum=0.01).
+batch_norm = torch_compat.torch_batch_norm(momentum=0.01, eps=1e-3)
 
 # Inception module widths: (b0, b1a, b1b, b2a, b2b, b3b), as in the reference.
 _MIXED = {
@@ -94,8 +95,7 @@ class Unit3D(nn.Module):
     x = nn.Conv(self.features, tuple(self.kernel_shape), strides=tuple(self.strides),
                 padding=pads, use_bias=self.use_bias, dtype=self.dtype, name="conv3d")(x)
     if self.use_batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
-                       use_fast_variance=False, dtype=self.dtype, name="bn")(x)
+      x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
     if self.activation:
       x = nn.relu(x)
     return x
@@ -157,12 +157,8 @@ class InceptionI3d(nn.Module):
     return jnp.mean(logits, axis=(1, 2, 3))
 
 
-def torch_key_map(collection: str, path: tuple) -> str:
-  """`('Mixed_4b', 'b1b', 'conv3d', 'kernel')` -> `'Mixed_4b.b1b.conv3d.weight'`."""
-  return ".".join(path[:-1] + (weights.torch_suffix(collection, path[-1]),))
-
-
-@register("i3d", input_kind="video", torch_key_map=torch_key_map,
+# `('Mixed_4b', 'b1b', 'conv3d', 'kernel')` -> `'Mixed_4b.b1b.conv3d.weight'`.
+@register(input_kind="video", torch_key_map=torch_compat.joined_key_map,
           reference="piergiaj/pytorch-i3d pytorch_i3d.InceptionI3d", min_image_size=32)
 def i3d(num_classes: int = 2, **kwargs) -> InceptionI3d:
   """I3D (Inception-v1 inflated), as piergiaj/pytorch-i3d; `features_per_step` for 1024-d features."""

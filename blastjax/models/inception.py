@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from blastjax import weights
+from blastjax.models import torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
@@ -30,6 +30,8 @@ _TRANSFORM_SCALE = (0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)
 _TRANSFORM_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)
 
 IntPair = Union[int, Sequence[int]]
+# torchvision's BasicConv2d: nn.BatchNorm2d(out_channels, eps=0.001).
+batch_norm = torch_compat.torch_batch_norm(eps=1e-3)
 
 
 def _pair(value: IntPair) -> tuple[int, int]:
@@ -47,12 +49,10 @@ class BasicConv2d(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    pad_h, pad_w = _pair(self.padding)
     x = nn.Conv(self.features, _pair(self.kernel_size), strides=(self.stride, self.stride),
-                padding=((pad_h, pad_h), (pad_w, pad_w)), use_bias=False, dtype=self.dtype,
-                name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                     use_fast_variance=False, dtype=self.dtype, name="bn")(x)
+                padding=torch_compat.symmetric_padding(*_pair(self.padding)), use_bias=False,
+                dtype=self.dtype, name="conv")(x)
+    x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
     return nn.relu(x)
 
 
@@ -232,12 +232,8 @@ class Inception3(nn.Module):
     return logits
 
 
-def inception_key_map(collection: str, path: tuple) -> str:
-  """Flax path -> torchvision key: module names joined by dots, then the torch leaf."""
-  return ".".join(path[:-1] + (weights.torch_suffix(collection, path[-1]),))
-
-
-@register("inception_v3", input_kind="image", torch_key_map=inception_key_map,
+# Flax path -> torchvision key: module names joined by dots, then the torch leaf.
+@register(input_kind="image", torch_key_map=torch_compat.joined_key_map,
           reference="torchvision.models.inception_v3", min_image_size=75)
 def inception_v3(num_classes: int = 2, **kwargs) -> Inception3:
   """Inception-v3 (torchvision); `aux_logits`, `transform_input`, `dropout`, `dtype`."""

@@ -30,8 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax import weights
-from blastjax.models import masking
+from blastjax.models import masking, torch_compat
 from blastjax.models.registry import register
 from blastjax.models.video_resnet import batch_norm, conv3d
 
@@ -161,12 +160,8 @@ class MFNet3D(nn.Module):
                     name="classifier")(x)
 
 
-def torch_key_map(collection: str, path: tuple) -> str:
-  """`('conv2', 'B01', 'conv_i1', 'bn', 'scale')` -> `'conv2.B01.conv_i1.bn.weight'`."""
-  return ".".join(path[:-1] + (weights.torch_suffix(collection, path[-1]),))
-
-
-@register("mfnet3d", input_kind="video", torch_key_map=torch_key_map,
+# `('conv2', 'B01', 'conv_i1', 'bn', 'scale')` -> `'conv2.B01.conv_i1.bn.weight'`.
+@register(input_kind="video", torch_key_map=torch_compat.joined_key_map,
           reference="cypw/PyTorch-MFNet network/mfnet_3d.py MFNET_3D", min_image_size=16)
 def mfnet3d(num_classes: int = 2, **kwargs) -> MFNet3D:
   """MFNet-3D (Chen et al. 2018), as cypw/PyTorch-MFNet's MFNET_3D."""

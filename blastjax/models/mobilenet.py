@@ -2,9 +2,10 @@
 
 Flax module names are torchvision's module paths with `_` for `.` (`features_4` holds
 `block_2`, torch `features.4.block.2`); in a Conv-BN-activation unit, `conv` and `bn`
-are torch's `0` and `1`. BatchNorm uses torchvision's eps 1e-3 and momentum 0.01 (Flax
-momentum 0.99). `num_classes=0` returns the pooled backbone features (960 for large,
-576 for small), i.e. the input of torchvision's classifier.
+are torch's `0` and `1`. BatchNorm uses torchvision's eps 1e-3 and momentum 0.01
+(`torch_compat.torch_batch_norm(momentum=0.01, eps=1e-3)`, Flax momentum 0.99).
+`num_classes=0` returns the pooled backbone features (960 for large, 576 for small),
+i.e. the input of torchvision's classifier.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax import weights
+from blastjax.models import torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
+
+# torchvision's MobileNetV3: norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.01).
+batch_norm = torch_compat.torch_batch_norm(momentum=0.01, eps=1e-3)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -76,12 +80,11 @@ class ConvNormActivation(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    pad = (self.kernel_size - 1) // 2
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                strides=(self.stride, self.stride), padding=((pad, pad), (pad, pad)),
+                strides=(self.stride, self.stride),
+                padding=torch_compat.kernel_padding(self.kernel_size),
                 feature_group_count=self.groups, use_bias=False, dtype=self.dtype, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
-                     use_fast_variance=False, dtype=self.dtype, name="bn")(x)
+    x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
     return x if self.activation is None else self.activation(x)
 
 
@@ -163,17 +166,17 @@ _UNIT_CHILDREN = {"conv": "0", "bn": "1"}
 def mobilenet_key_map(collection: str, path: tuple) -> str:
   """`features_4/block_2/bn/mean` -> `features.4.block.2.1.running_mean`."""
   parts = [_UNIT_CHILDREN.get(name, name.replace("_", ".")) for name in path[:-1]]
-  return ".".join(parts + [weights.torch_suffix(collection, path[-1])])
+  return ".".join(parts + [torch_compat.torch_suffix(collection, path[-1])])
 
 
-@register("mobilenet_v3_large", input_kind="image", torch_key_map=mobilenet_key_map,
+@register(input_kind="image", torch_key_map=mobilenet_key_map,
           reference="torchvision.models.mobilenet_v3_large", min_image_size=32)
 def mobilenet_v3_large(num_classes: int = 2, **kwargs) -> MobileNetV3:
   """MobileNetV3-Large (torchvision); `dropout`, `dtype`."""
   return MobileNetV3(blocks=LARGE, last_channel=1280, num_classes=num_classes, **kwargs)
 
 
-@register("mobilenet_v3_small", input_kind="image", torch_key_map=mobilenet_key_map,
+@register(input_kind="image", torch_key_map=mobilenet_key_map,
           reference="torchvision.models.mobilenet_v3_small", min_image_size=32)
 def mobilenet_v3_small(num_classes: int = 2, **kwargs) -> MobileNetV3:
   """MobileNetV3-Small (torchvision); `dropout`, `dtype`."""

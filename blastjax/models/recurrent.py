@@ -30,7 +30,7 @@ updates its running averages once per chunk.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence, Tuple
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -39,13 +39,9 @@ import jax.numpy as jnp
 from blastjax.models import masking
 from blastjax.models.registry import register
 from blastjax.models.resnet import RESNET_CONFIGS, ResNet
+from blastjax.models.torch_compat import kernel_padding
 
 Array = jax.Array
-
-
-def _same_padding(kernel_size: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-  p = (kernel_size - 1) // 2
-  return ((p, p), (p, p))
 
 
 class ConvLSTMCell(nn.Module):
@@ -59,7 +55,7 @@ class ConvLSTMCell(nn.Module):
   def __call__(self, carry, x):
     cell, hidden = carry
     conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size,) * 2,
-                             padding=_same_padding(self.kernel_size), dtype=self.dtype)
+                             padding=kernel_padding(self.kernel_size), dtype=self.dtype)
     gates = (conv(4 * self.features, name="input_conv")(x)  # W_x{i,f,c,o} * X_t + b
              + conv(4 * self.features, use_bias=False, name="hidden_conv")(hidden))
     i, f, g, o = jnp.split(gates, 4, axis=-1)
@@ -88,7 +84,7 @@ class ConvGRUCell(nn.Module):
   @nn.compact
   def __call__(self, hidden, x):
     conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size,) * 2,
-                             padding=_same_padding(self.kernel_size), dtype=self.dtype)
+                             padding=kernel_padding(self.kernel_size), dtype=self.dtype)
     gates = (conv(2 * self.features, name="input_gates")(x)
              + conv(2 * self.features, use_bias=False, name="hidden_gates")(hidden))
     z, r = jnp.split(nn.sigmoid(gates), 2, axis=-1)
@@ -325,21 +321,37 @@ class RecurrentVideoClassifier(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(final)
 
 
-def _register(name: str, cell: str, hidden_size: int, summary: str):
-  def builder(num_classes: int = 2, **kwargs) -> RecurrentVideoClassifier:
-    kwargs.setdefault("hidden_size", hidden_size)
-    return RecurrentVideoClassifier(cell=cell, num_classes=num_classes, **kwargs)
-
-  builder.__name__ = name
-  builder.__doc__ = (f"{summary} over per-frame ResNet features (bidirectional); kwargs: "
-                     "backbone, backbone_stages, hidden_size, kernel_size, num_layers, "
-                     "bidirectional, dropout_rate, frames_per_chunk, remat, dtype.")
-  return register(name, input_kind="video", min_image_size=32,
-                  reference="cleavage_stage_blastocyst_dataset.txt Table 4 (no public code)")(builder)
+_PAPER = dict(input_kind="video", min_image_size=32,
+              reference="cleavage_stage_blastocyst_dataset.txt Table 4 (no public code)")
 
 
-resnet_convlstm = _register("resnet_convlstm", "convlstm", 256,
-                            "ConvLSTM (convolutional peepholes)")
-resnet_convgru = _register("resnet_convgru", "convgru", 256, "ConvGRU")
-resnet_lstm = _register("resnet_lstm", "lstm", 512, "LSTM")
-resnet_gru = _register("resnet_gru", "gru", 512, "GRU")
+def recurrent_classifier(cell: str, default_hidden_size: int, num_classes: int,
+                         kwargs: dict) -> RecurrentVideoClassifier:
+  """The paper's model with `cell`; kwargs: backbone, backbone_stages, hidden_size,
+  kernel_size, num_layers, bidirectional, dropout_rate, frames_per_chunk, remat, dtype."""
+  kwargs = {"hidden_size": default_hidden_size, **kwargs}
+  return RecurrentVideoClassifier(cell=cell, num_classes=num_classes, **kwargs)
+
+
+@register(**_PAPER)
+def resnet_convlstm(num_classes: int = 2, **kwargs) -> RecurrentVideoClassifier:
+  """ConvLSTM (convolutional peepholes) over per-frame ResNet features (bidirectional)."""
+  return recurrent_classifier("convlstm", 256, num_classes, kwargs)
+
+
+@register(**_PAPER)
+def resnet_convgru(num_classes: int = 2, **kwargs) -> RecurrentVideoClassifier:
+  """ConvGRU over per-frame ResNet features (bidirectional)."""
+  return recurrent_classifier("convgru", 256, num_classes, kwargs)
+
+
+@register(**_PAPER)
+def resnet_lstm(num_classes: int = 2, **kwargs) -> RecurrentVideoClassifier:
+  """LSTM over per-frame ResNet features (bidirectional)."""
+  return recurrent_classifier("lstm", 512, num_classes, kwargs)
+
+
+@register(**_PAPER)
+def resnet_gru(num_classes: int = 2, **kwargs) -> RecurrentVideoClassifier:
+  """GRU over per-frame ResNet features (bidirectional)."""
+  return recurrent_classifier("gru", 512, num_classes, kwargs)

@@ -1,7 +1,15 @@
 """The one model registry: every model is built through `create(name, ...)`.
 
-A model module registers its constructors with `@register(...)`; nothing else in the
-library builds a model from a string.
+A model module registers each constructor in one way, as torchvision's
+`models/_api.py` does: a module-level function named like the model, decorated with
+`@register(...)` (the name is the function's):
+
+  @register(input_kind="video", torch_key_map=torch_compat.dotted_key_map,
+            reference="torchvision.models.video.r3d_18", min_image_size=16)
+  def r3d_18(num_classes: int = 2, **kwargs) -> VideoResNet:
+    return video_resnet_from_config("r3d_18", num_classes, **kwargs)
+
+Nothing else in the library builds a model from a string.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 # What a model consumes; the data pipeline and the train step read this.
 #   image        [B, H, W, C]
@@ -20,6 +30,9 @@ INPUT_KINDS = ("image", "video", "video_focal", "features")
 
 # torch_key_map(collection, flax_path) -> torch state_dict key (see blastjax.weights).
 TorchKeyMap = Callable[[str, tuple], str]
+# torch_transforms(template) -> {torch key: fn(array) -> array}; template is the model's
+# variable tree (shapes only), so a transform can fit a tensor to the model being built.
+TorchTransforms = Callable[[Any], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +46,9 @@ class ModelSpec:
   per_step: bool = False
   # Maps a Flax variable path to the torch state_dict key of its reference model.
   torch_key_map: Optional[TorchKeyMap] = None
+  # Per-key fixes applied after the layout change, for the few tensors a rule cannot
+  # cover (ViT's position embeddings, resampled to the model's grid).
+  torch_transforms: Optional[TorchTransforms] = None
   # Builds the PyTorch reference (torchvision name, or a description) -- for docs.
   reference: str = ""
   # Extra keyword defaults applied before the caller's.
@@ -41,25 +57,71 @@ class ModelSpec:
   min_image_size: int = 32
   description: str = ""
 
+  # The model input/output contract, shared by the train step, the evaluator and predict.
+  def inputs(self, batch: dict):
+    return model_inputs(batch, self.input_kind)
+
+  def final_logits(self, logits, mask):
+    return final_logits(logits, mask, self.per_step)
+
+  def probabilities(self, out, mask):
+    return blast_probability(out, mask, self.per_step)
+
+
+def model_inputs(batch: dict, input_kind: str):
+  """(x, mask) a model of `input_kind` takes from a batch; image models get mask=None."""
+  x = batch["features"] if input_kind == "features" else batch["image"]
+  return x, (None if input_kind == "image" else batch["mask"])
+
+
+def split_output(out):
+  """(logits, aux_logits or None): models may return both in train mode (Inception-v3)."""
+  if isinstance(out, (tuple, list)):
+    return out[0], out[1]
+  return out, None
+
+
+def final_logits(logits, mask, per_step: bool):
+  """[B, C] logits: the last valid step's for per-step models ([B, T, C])."""
+  if not per_step:
+    return logits
+  steps = logits.shape[1]
+  valid = ~mask if mask is not None else jnp.ones(logits.shape[:2], bool)
+  last = steps - 1 - jnp.argmax(valid[:, ::-1], axis=1)
+  return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+
+
+def blast_probability(out, mask, per_step: bool):
+  """P(blast) [B] of a model's eval-mode output (class 1 of the softmax, in float32)."""
+  logits = final_logits(split_output(out)[0], mask if per_step else None, per_step)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, input_kind: str = "image", per_step: bool = False,
-             torch_key_map: Optional[TorchKeyMap] = None, reference: str = "",
+def register(name: Optional[str] = None, *, input_kind: str = "image", per_step: bool = False,
+             torch_key_map: Optional[TorchKeyMap] = None,
+             torch_transforms: Optional[TorchTransforms] = None, reference: str = "",
              min_image_size: int = 32, description: str = "", **defaults: Any):
-  """Decorator registering `builder(num_classes=..., **kwargs) -> nn.Module`."""
+  """Decorator registering `builder(num_classes=..., **kwargs) -> nn.Module`.
+
+  The model's name is `name`, or the builder's function name when `name` is None (the
+  library's own models: one function per model, named like it).
+  """
   if input_kind not in INPUT_KINDS:
     raise ValueError(f"input_kind={input_kind!r} for model {name!r}; expected one of {INPUT_KINDS}")
 
   def wrap(builder):
-    if name in _REGISTRY:
-      raise ValueError(f"model {name!r} is registered twice ({_REGISTRY[name].builder} and {builder})")
-    _REGISTRY[name] = ModelSpec(name=name, builder=builder, input_kind=input_kind,
-                                per_step=per_step, torch_key_map=torch_key_map,
-                                reference=reference, defaults=dict(defaults),
-                                min_image_size=min_image_size,
-                                description=description or (builder.__doc__ or "").strip().split("\n")[0])
+    model_name = name or builder.__name__
+    if model_name in _REGISTRY:
+      raise ValueError(f"model {model_name!r} is registered twice "
+                       f"({_REGISTRY[model_name].builder} and {builder})")
+    _REGISTRY[model_name] = ModelSpec(
+        name=model_name, builder=builder, input_kind=input_kind, per_step=per_step,
+        torch_key_map=torch_key_map, torch_transforms=torch_transforms, reference=reference,
+        defaults=dict(defaults), min_image_size=min_image_size,
+        description=description or (builder.__doc__ or "").strip().split("\n")[0])
     return builder
 
   return wrap

@@ -5,7 +5,7 @@ made once as `functools.partial`s, every variant a row of `RESNET_CONFIGS`.
 
 Flax module names are torchvision's with `_` for `.`: `conv1`, `bn1`, `layer3_5` (a block)
 holding `conv1` ... `bn3` and `downsample_0` (1x1 conv) / `downsample_1` (BatchNorm), and
-`fc`; `resnet_key_map` turns a Flax path into the torch key by that one rule.
+`fc`; `torch_compat.dotted_key_map` turns a Flax path into the torch key by that one rule.
 
 Reuse by other modules (recurrent heads, TSM, AMSNet):
 - `BasicBlock`, `Bottleneck`, `ResNet`, `RESNET_CONFIGS` (name -> ResNet kwargs) and
@@ -21,11 +21,11 @@ Reuse by other modules (recurrent heads, TSM, AMSNet):
   front is `ResNet(..., stages=(0, 1))` (stem + layer1) and its back is
   `ResNet(..., include_stem=False, stages=(1, 4))` (layer2..4, pooling, fc). Both keep
   torchvision's module names, so one torchvision state_dict feeds both through
-  `prefixed(resnet_key_map, 'front', '')` and `prefixed(resnet_key_map, 'back', '')`
+  `prefixed_key_map(dotted_key_map, 'front')` and `prefixed_key_map(dotted_key_map, 'back')`
   (each half takes the keys of its own layers; split the state_dict by key prefix).
-- `prefixed(key_map, flax_prefix, torch_prefix)`: the key map of a ResNet embedded
-  under `flax_prefix` in a bigger module whose torch reference holds it under
-  `torch_prefix` (e.g. `prefixed(resnet_key_map, 'encoder', 'base_model')`).
+- `torch_compat.prefixed_key_map(key_map, flax_prefix, torch_prefix)`: the key map of a
+  ResNet embedded under `flax_prefix` in a bigger module whose torch reference holds it
+  under `torch_prefix` (e.g. `prefixed_key_map(dotted_key_map, 'encoder', 'base_model')`).
 
 `num_classes=0` returns the pooled features (512 for resnet18/34, 2048 otherwise).
 The input may have any number of channels (taken from the input; `in_channels`, when
@@ -35,33 +35,18 @@ given, is checked against it).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax import weights
+from blastjax.models import torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
+from blastjax.models.torch_compat import kernel_padding as _pad
 
 Array = jax.Array
-
-# torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convs, the
-# default nn.Linear init (uniform +-1/sqrt(fan_in)) for fc.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def linear_bias_init(fan_in: int):
-  """torch's nn.Linear bias init: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / max(fan_in, 1) ** 0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def _pad(kernel: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-  p = (kernel - 1) // 2
-  return ((p, p), (p, p))
 
 
 class BasicBlock(nn.Module):
@@ -152,9 +137,12 @@ class ResNet(nn.Module):
     del mask  # Single-image model.
     if self.include_stem:
       check_in_channels("ResNet", self.in_channels, x)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, use_fast_variance=False, dtype=self.dtype)
+    # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convs,
+    # nn.Linear's default for fc.
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=torch_compat.kaiming_normal_fan_out)
+    norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,
+                             dtype=self.dtype)
     x = jnp.asarray(x, self.dtype)
     if self.include_stem:
       x = conv(64, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
@@ -175,8 +163,8 @@ class ResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=linear_kernel_init,
-                    bias_init=linear_bias_init(x.shape[-1]), name="fc")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_compat.linear_kernel_init,
+                    bias_init=torch_compat.linear_bias_init(x.shape[-1]), name="fc")(x)
 
 
 RESNET_CONFIGS = {
@@ -201,48 +189,63 @@ def resnet_from_config(name: str, num_classes: int = 2, **overrides) -> ResNet:
   return ResNet(**RESNET_CONFIGS[name], num_classes=num_classes, **overrides)
 
 
-def resnet_key_map(collection: str, path: tuple) -> str:
-  """`layer1_0/downsample_1/mean` -> `layer1.0.downsample.1.running_mean`."""
-  parts = [name.replace("_", ".") for name in path[:-1]]
-  return ".".join(parts + [weights.torch_suffix(collection, path[-1])])
+def _torchvision(name: str):
+  """The `register` arguments of torchvision's model `name`."""
+  return dict(input_kind="image", torch_key_map=torch_compat.dotted_key_map,
+              reference=f"torchvision.models.{name}", min_image_size=32)
 
 
-def prefixed(key_map: Callable[[str, tuple], str], flax_prefix: Union[str, Sequence[str]],
-             torch_prefix: str = "") -> Callable[[str, tuple], str]:
-  """`key_map` for a module embedded under `flax_prefix` (a name or a path of names).
-
-  The returned map strips `flax_prefix` from the Flax path, applies `key_map` and puts
-  `torch_prefix.` in front of the torch key (nothing when `torch_prefix` is empty). A
-  path outside `flax_prefix` is an error naming both.
-  """
-  prefix = (flax_prefix,) if isinstance(flax_prefix, str) else tuple(flax_prefix)
-
-  def mapped(collection: str, path: tuple) -> str:
-    if tuple(path[:len(prefix)]) != prefix:
-      raise ValueError(f"Flax path {'/'.join(path)} is not under {'/'.join(prefix)}")
-    key = key_map(collection, tuple(path[len(prefix):]))
-    return f"{torch_prefix}.{key}" if torch_prefix else key
-
-  return mapped
+# One function per model, as torchvision; kwargs: dtype, zero_init_residual,
+# block_input_transform, include_stem, stages, in_channels.
+@register(**_torchvision("resnet18"))
+def resnet18(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's resnet18."""
+  return resnet_from_config("resnet18", num_classes, **kwargs)
 
 
-def _register(name: str):
-  def builder(num_classes: int = 2, **kwargs) -> ResNet:
-    return resnet_from_config(name, num_classes=num_classes, **kwargs)
-
-  builder.__name__ = name
-  builder.__doc__ = (f"torchvision's {name}; kwargs: dtype, zero_init_residual, "
-                     "block_input_transform, include_stem, stages, in_channels.")
-  return register(name, input_kind="image", torch_key_map=resnet_key_map,
-                  reference=f"torchvision.models.{name}", min_image_size=32)(builder)
+@register(**_torchvision("resnet34"))
+def resnet34(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's resnet34."""
+  return resnet_from_config("resnet34", num_classes, **kwargs)
 
 
-resnet18 = _register("resnet18")
-resnet34 = _register("resnet34")
-resnet50 = _register("resnet50")
-resnet101 = _register("resnet101")
-resnet152 = _register("resnet152")
-resnext50_32x4d = _register("resnext50_32x4d")
-resnext101_32x8d = _register("resnext101_32x8d")
-wide_resnet50_2 = _register("wide_resnet50_2")
-wide_resnet101_2 = _register("wide_resnet101_2")
+@register(**_torchvision("resnet50"))
+def resnet50(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's resnet50."""
+  return resnet_from_config("resnet50", num_classes, **kwargs)
+
+
+@register(**_torchvision("resnet101"))
+def resnet101(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's resnet101."""
+  return resnet_from_config("resnet101", num_classes, **kwargs)
+
+
+@register(**_torchvision("resnet152"))
+def resnet152(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's resnet152."""
+  return resnet_from_config("resnet152", num_classes, **kwargs)
+
+
+@register(**_torchvision("resnext50_32x4d"))
+def resnext50_32x4d(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's resnext50_32x4d."""
+  return resnet_from_config("resnext50_32x4d", num_classes, **kwargs)
+
+
+@register(**_torchvision("resnext101_32x8d"))
+def resnext101_32x8d(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's resnext101_32x8d."""
+  return resnet_from_config("resnext101_32x8d", num_classes, **kwargs)
+
+
+@register(**_torchvision("wide_resnet50_2"))
+def wide_resnet50_2(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's wide_resnet50_2."""
+  return resnet_from_config("wide_resnet50_2", num_classes, **kwargs)
+
+
+@register(**_torchvision("wide_resnet101_2"))
+def wide_resnet101_2(num_classes: int = 2, **kwargs) -> ResNet:
+  """torchvision's wide_resnet101_2."""
+  return resnet_from_config("wide_resnet101_2", num_classes, **kwargs)

@@ -29,10 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax import weights
-from blastjax.models import masking
+from blastjax.models import masking, torch_compat
 from blastjax.models.registry import register
-from blastjax.models.resnet import RESNET_CONFIGS, ResNet, resnet_key_map
+from blastjax.models.resnet import RESNET_CONFIGS, ResNet
 
 Array = jax.Array
 
@@ -141,26 +140,28 @@ def tsm_key_map(collection: str, path: tuple) -> str:
   `base_model.layer1.0.conv1.net.weight`; the classifier is `new_fc` (dropout > 0).
   """
   if path[0] == "new_fc":
-    return f"new_fc.{weights.torch_suffix(collection, path[-1])}"
-  key = resnet_key_map(collection, tuple(path[1:]))
+    return f"new_fc.{torch_compat.torch_suffix(collection, path[-1])}"
+  key = torch_compat.dotted_key_map(collection, tuple(path[1:]))
   if len(path) == 4 and path[1].startswith("layer") and path[2] == "conv1":
     key = key.replace(".conv1.", ".conv1.net.")
   return f"base_model.{key}"
 
 
-def _register(name: str, backbone: str):
-  def builder(num_classes: int = 2, **kwargs) -> TSMResNet:
-    return TSMResNet(backbone=kwargs.pop("backbone", backbone), num_classes=num_classes, **kwargs)
-
-  builder.__name__ = name
-  builder.__doc__ = (f"TSM ({backbone}, residual shift in every block, average consensus); "
-                     "kwargs: backbone, fold_div, shift ('bidirectional'|'online'), "
-                     "dropout_rate, dtype.")
-  return register(name, input_kind="video", torch_key_map=tsm_key_map,
-                  reference=f"mit-han-lab/temporal-shift-module ops.models.TSN('{backbone}', "
-                            "is_shift=True, shift_place='blockres')",
-                  min_image_size=32)(builder)
+def _tsm(backbone: str):
+  """The `register` arguments of TSM on `backbone`."""
+  return dict(input_kind="video", torch_key_map=tsm_key_map, min_image_size=32,
+              reference=f"mit-han-lab/temporal-shift-module ops.models.TSN('{backbone}', "
+                        "is_shift=True, shift_place='blockres')")
 
 
-tsm_resnet18 = _register("tsm_resnet18", "resnet18")
-tsm_resnet50 = _register("tsm_resnet50", "resnet50")
+# kwargs: backbone, fold_div, shift ('bidirectional'|'online'), dropout_rate, dtype.
+@register(**_tsm("resnet18"))
+def tsm_resnet18(num_classes: int = 2, **kwargs) -> TSMResNet:
+  """TSM (resnet18, residual shift in every block, average consensus)."""
+  return TSMResNet(**{"backbone": "resnet18", **kwargs}, num_classes=num_classes)
+
+
+@register(**_tsm("resnet50"))
+def tsm_resnet50(num_classes: int = 2, **kwargs) -> TSMResNet:
+  """TSM (resnet50, residual shift in every block, average consensus)."""
+  return TSMResNet(**{"backbone": "resnet50", **kwargs}, num_classes=num_classes)

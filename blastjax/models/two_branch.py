@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import masking, registry
+from blastjax.models import masking, registry, torch_compat
 from blastjax.models.registry import register
 
 
@@ -65,11 +65,10 @@ class CFAM(nn.Module):
   dtype: Any = jnp.float32
 
   def _conv_bn_relu(self, x, kernel: int, train: bool, name: str):
-    pad = kernel // 2
-    x = nn.Conv(self.inter_channels, (kernel, kernel), padding=((pad, pad), (pad, pad)),
+    x = nn.Conv(self.inter_channels, (kernel, kernel), padding=torch_compat.kernel_padding(kernel),
                 use_bias=False, dtype=self.dtype, name=f"{name}_0")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     use_fast_variance=False, dtype=self.dtype, name=f"{name}_1")(x)
+    x = torch_compat.batch_norm(use_running_average=not train, dtype=self.dtype,
+                                name=f"{name}_1")(x)
     return nn.relu(x)
 
   @nn.compact
@@ -139,7 +138,7 @@ class TwoBranchCFAM(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
 
 
-@register("yowo_cfam", input_kind="video", min_image_size=32,
+@register(input_kind="video", min_image_size=32,
           reference="Köpüklü et al., YOWO (wei-tim/YOWO cfam.py), classification head")
 def yowo_cfam(num_classes: int = 2, **kwargs) -> TwoBranchCFAM:
   """YOWO-style two-branch net: 2D key-frame + 3D clip backbones fused by CFAM."""

@@ -12,8 +12,8 @@ Flax module per torch container: `stem` (children `0`, `1`, and `3`, `4` for R(2
 `layer1` .. `layer4` (children `0`, `1`: the blocks), a block holding `conv1_0` (the
 conv, or for R(2+1)D `conv1_0_0` spatial conv, `conv1_0_1` BatchNorm, `conv1_0_3`
 temporal conv), `conv1_1` (BatchNorm), `conv2_0`, `conv2_1`, and `downsample_0` /
-`downsample_1`; then `fc`. `dotted_key_map` turns a Flax path into the torch key by
-that one rule.
+`downsample_1`; then `fc`. `torch_compat.dotted_key_map` turns a Flax path into the
+torch key by that one rule.
 
 Building blocks for reuse (e.g. a two-branch model using r3d_18 as its 3D branch):
 - `BasicStem`, `R2Plus1dStem`: the stems on [B, T, H, W, C] (any C).
@@ -27,7 +27,7 @@ Building blocks for reuse (e.g. a two-branch model using r3d_18 as its 3D branch
   features. `include_stem=False` and `stages=(start, stop)` run part of the net (the
   stages `layer{start+1}` .. `layer{stop}`); a net that stops before layer4 returns its
   feature map. A module embedding a VideoResNet under the name `branch3d` converts a
-  torchvision state_dict with `prefixed_key_map(dotted_key_map, 'branch3d', '')`.
+  torchvision state_dict with `torch_compat.prefixed_key_map(dotted_key_map, 'branch3d')`.
 
 A padding mask (True = padding frame, at any positions) is honoured by moving the valid
 frames to the front and looping them over the remaining slots (`masking.compact`) before the stem, so padded content cannot change the output.
@@ -41,24 +41,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax import weights
-from blastjax.models import masking
+from blastjax.models import masking, torch_compat
 from blastjax.models.registry import register
+from blastjax.models.torch_compat import symmetric_padding
 
 Array = jax.Array
 
 # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convs,
 # normal(0, 0.01) and zero bias for fc, BatchNorm weight 1 and bias 0.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_init = torch_compat.kaiming_normal_fan_out
 fc_init = nn.initializers.normal(0.01)
 
 CONV_TYPES = ("3d", "no_temporal", "2plus1d")
 STAGE_PLANES = (64, 128, 256, 512)
-
-
-def sym_pad(*pads: int) -> Tuple[Tuple[int, int], ...]:
-  """torch's symmetric padding, one amount per axis."""
-  return tuple((p, p) for p in pads)
 
 
 class Conv3d(nn.Module):
@@ -96,7 +91,7 @@ class Conv3d(nn.Module):
       y = self._conv2d(x.reshape(b, t, h * w, c), kernel[:, 0], (st, 1), ((pt, pt), (0, 0)))
       y = y.reshape((b, y.shape[1], h, w, self.features))
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, self.strides, sym_pad(*self.pads),
+      y = jax.lax.conv_general_dilated(x, kernel, self.strides, symmetric_padding(*self.pads),
                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
                                        feature_group_count=self.groups)
     return y if bias is None else y + bias
@@ -114,10 +109,9 @@ def conv3d(features: int, kernel: Sequence[int], strides: Sequence[int], pads: S
                 dtype=dtype, kernel_init=kernel_init, name=name)
 
 
-def batch_norm(name: str, train: bool, dtype: Any, epsilon: float = 1e-5) -> nn.BatchNorm:
-  """torch's BatchNorm3d defaults (momentum 0.1 -> Flax 0.9, eps 1e-5), exact variance."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
-                      use_fast_variance=False, dtype=dtype, name=name)
+def batch_norm(name: str, train: bool, dtype: Any) -> nn.BatchNorm:
+  """torch's BatchNorm3d with its defaults (`torch_compat.batch_norm`), named `name`."""
+  return torch_compat.batch_norm(use_running_average=not train, dtype=dtype, name=name)
 
 
 def downsample_stride(conv_type: str, stride: int) -> Tuple[int, int, int]:
@@ -261,37 +255,30 @@ VIDEO_RESNET_CONFIGS = {
 }
 
 
-def dotted_key_map(collection: str, path: tuple) -> str:
-  """`('layer1', '0', 'conv1_0_3', 'kernel')` -> `'layer1.0.conv1.0.3.weight'`."""
-  names = [name.replace("_", ".") for name in path[:-1]]
-  return ".".join(names + [weights.torch_suffix(collection, path[-1])])
+def video_resnet_from_config(name: str, num_classes: int = 2, **overrides) -> VideoResNet:
+  """`VideoResNet(**VIDEO_RESNET_CONFIGS[name], num_classes=..., **overrides)`."""
+  return VideoResNet(num_classes=num_classes, **{**VIDEO_RESNET_CONFIGS[name], **overrides})
 
 
-def prefixed_key_map(key_map: Callable[[str, tuple], str], flax_prefix: str, torch_prefix: str
-                     ) -> Callable[[str, tuple], str]:
-  """The key map of a net held under Flax module `flax_prefix`, torch module `torch_prefix`.
-
-  Paths outside `flax_prefix` raise a KeyError naming them: the caller's own key map
-  handles those and delegates the rest here.
-  """
-
-  def mapped(collection: str, path: tuple) -> str:
-    if not path or path[0] != flax_prefix:
-      raise KeyError(f"{'/'.join(path)} is not under {flax_prefix!r}")
-    key = key_map(collection, path[1:])
-    return f"{torch_prefix}.{key}" if torch_prefix else key
-
-  return mapped
+def _torchvision(name: str):
+  """The `register` arguments of `torchvision.models.video.<name>`."""
+  return dict(input_kind="video", torch_key_map=torch_compat.dotted_key_map,
+              reference=f"torchvision.models.video.{name}", min_image_size=16)
 
 
-def _builder(name: str):
-  def build(num_classes: int = 2, **kwargs) -> VideoResNet:
-    return VideoResNet(num_classes=num_classes, **{**VIDEO_RESNET_CONFIGS[name], **kwargs})
-
-  build.__doc__ = f"torchvision.models.video.{name} (BasicBlock x [2, 2, 2, 2])."
-  return build
+@register(**_torchvision("r3d_18"))
+def r3d_18(num_classes: int = 2, **kwargs) -> VideoResNet:
+  """torchvision.models.video.r3d_18 (BasicBlock x [2, 2, 2, 2])."""
+  return video_resnet_from_config("r3d_18", num_classes, **kwargs)
 
 
-for _name in VIDEO_RESNET_CONFIGS:
-  register(_name, input_kind="video", torch_key_map=dotted_key_map,
-           reference=f"torchvision.models.video.{_name}", min_image_size=16)(_builder(_name))
+@register(**_torchvision("mc3_18"))
+def mc3_18(num_classes: int = 2, **kwargs) -> VideoResNet:
+  """torchvision.models.video.mc3_18 (BasicBlock x [2, 2, 2, 2])."""
+  return video_resnet_from_config("mc3_18", num_classes, **kwargs)
+
+
+@register(**_torchvision("r2plus1d_18"))
+def r2plus1d_18(num_classes: int = 2, **kwargs) -> VideoResNet:
+  """torchvision.models.video.r2plus1d_18 (BasicBlock x [2, 2, 2, 2])."""
+  return video_resnet_from_config("r2plus1d_18", num_classes, **kwargs)

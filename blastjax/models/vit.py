@@ -27,11 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blastjax import weights
+from blastjax.models import torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
 PATCH_SIZE = 16
+# torchvision's ViT: norm_layer=partial(nn.LayerNorm, eps=1e-6).
+layer_norm = torch_compat.torch_layer_norm(eps=1e-6)
 _CUBIC_A = -0.75  # torch's bicubic kernel coefficient.
 
 
@@ -121,7 +123,7 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype)
+    norm = functools.partial(layer_norm, dtype=self.dtype)
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=nn.initializers.xavier_uniform(),
                               bias_init=nn.initializers.normal(1e-6))
@@ -154,7 +156,7 @@ class Encoder(nn.Module):
     for i in range(self.num_layers):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout,
                        dtype=self.dtype, name=f"encoder_layer_{i}")(x, train)
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln")(x)
+    return layer_norm(dtype=self.dtype, name="ln")(x)
 
 
 class VisionTransformer(nn.Module):
@@ -215,11 +217,11 @@ def vit_key_map(collection: str, path: tuple) -> str:
     else:
       names.append(name)
   if names[-1:] == ["in_proj"]:  # torch keeps the fused projection as raw parameters.
-    return ".".join(names[:-1] + [f"in_proj_{weights.torch_suffix('params', leaf)}"])
-  return ".".join(names + [weights.torch_suffix("params", leaf)])
+    return ".".join(names[:-1] + [f"in_proj_{torch_compat.torch_suffix('params', leaf)}"])
+  return ".".join(names + [torch_compat.torch_suffix("params", leaf)])
 
 
-def _pos_embedding_transform(template) -> dict:
+def pos_embedding_transform(template) -> dict:
   """Resamples a checkpoint's position embeddings to the grid of the model being built."""
   target = template["params"]["encoder"]["pos_embedding"].shape
   side = math.isqrt(target[1] - 1)
@@ -232,8 +234,6 @@ def _pos_embedding_transform(template) -> dict:
   return {"encoder.pos_embedding": resize}
 
 
-vit_key_map.transforms = _pos_embedding_transform
-
 
 def _vit(num_classes: int, image_size: int, **kwargs) -> VisionTransformer:
   if image_size % PATCH_SIZE:
@@ -242,7 +242,7 @@ def _vit(num_classes: int, image_size: int, **kwargs) -> VisionTransformer:
   return VisionTransformer(num_classes=num_classes, image_size=image_size, **kwargs)
 
 
-@register("vit_b_16", input_kind="image", torch_key_map=vit_key_map,
+@register(input_kind="image", torch_key_map=vit_key_map, torch_transforms=pos_embedding_transform,
           reference="torchvision.models.vit_b_16", min_image_size=16)
 def vit_b_16(num_classes: int = 2, image_size: int = 224, **kwargs) -> VisionTransformer:
   """ViT-B/16 (torchvision); `image_size`, `dropout`, `attention_dropout`, `dtype`."""
@@ -250,7 +250,7 @@ def vit_b_16(num_classes: int = 2, image_size: int = 224, **kwargs) -> VisionTra
               mlp_dim=3072, **kwargs)
 
 
-@register("vit_l_16", input_kind="image", torch_key_map=vit_key_map,
+@register(input_kind="image", torch_key_map=vit_key_map, torch_transforms=pos_embedding_transform,
           reference="torchvision.models.vit_l_16", min_image_size=16)
 def vit_l_16(num_classes: int = 2, image_size: int = 224, **kwargs) -> VisionTransformer:
   """ViT-L/16 (torchvision); `image_size`, `dropout`, `attention_dropout`, `dtype`."""

@@ -90,12 +90,6 @@ def load_converted_case(path: str, model_name: str, **convert_kwargs) -> tuple[d
   return fixture, variables, clip
 
 
-def param_count(variables: Mapping) -> int:
-  """Number of parameters in variables['params']."""
-  import jax
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables["params"]))
-
-
 def recording_args(description: str, reference: str) -> tuple[str, str, str]:
   """(checkout, commit, out_dir) from a recording script's command line.
 

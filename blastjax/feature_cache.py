@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -53,7 +52,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from blastjax.data import sampling
+from blastjax import models
+from blastjax.data import frames as frames_lib
+from blastjax.data import pipeline, sampling
 
 FORMAT_VERSION = 1
 MODES = ("uniform", "sliding_windows")
@@ -104,17 +105,7 @@ def plane_index(example: dict, focal_plane: Optional[int]) -> int:
 
 def decode_frame(data: bytes, image_size: int) -> np.ndarray:
   """Encoded image bytes -> float32 [image_size, image_size] gray in [-1, 1]."""
-  from PIL import Image
-
-  image = Image.open(io.BytesIO(bytes(data)))
-  if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-    white = 1.0 if image.mode == "F" else 65535.0
-    image = image.convert("F")
-  else:
-    white = 255.0
-    image = image.convert("L")
-  image = image.resize((image_size, image_size), Image.BILINEAR)
-  return np.asarray(image, np.float32) * np.float32(2.0 / white) - np.float32(1.0)
+  return frames_lib.gray(data, image_size, value_range=(-1.0, 1.0))
 
 
 def clip_plan(example: dict, settings: ExtractionSettings) -> list[np.ndarray]:
@@ -185,8 +176,6 @@ def make_manifest(model_name: str, model_kwargs: dict, variables: Any, settings:
 
 def extractor_module(model_name: str, model_kwargs: Optional[dict] = None):
   """The video model in feature mode (I3D: per-step 1024-d features)."""
-  from blastjax import models
-
   spec = models.get_spec(model_name)
   if spec.input_kind != "video":
     raise ValueError(f"feature extraction needs a video model; {model_name!r} takes "
@@ -346,7 +335,7 @@ class FeatureSource:
     self.manifest = read_manifest(cache_dir)
     if self.manifest is None:
       raise FileNotFoundError(f"no feature cache in {cache_dir!r} (manifest.json missing): build it with "
-                              "blastjax.data.feature_cache.ensure_cache or scripts/extract_features.py")
+                              "blastjax.feature_cache.ensure_cache or scripts/extract_features.py")
     with open(os.path.join(cache_dir, "ids.json")) as f:
       ids = json.load(f)
     self._embryo_ids, self._patient_ids = ids["embryo_id"], ids["patient_id"]
@@ -397,45 +386,21 @@ class FeatureSource:
             "patient_id": self._patient_ids[index]}
 
 
-def pad_batch(examples: Sequence[dict], indices: Sequence[int], num_steps: int) -> dict:
-  """Stacks examples into {'features' [B,T,D], 'mask' [B,T], 'label', 'hours', 'example_index'}.
-
-  Sequences longer than `num_steps` keep their first `num_steps` steps; padding steps
-  are zeros with mask True.
-  """
-  dim = examples[0]["features"].shape[-1]
-  batch = len(examples)
-  features = np.zeros((batch, num_steps, dim), np.float32)
-  hours = np.zeros((batch, num_steps), np.float32)
-  mask = np.ones((batch, num_steps), bool)
-  for row, example in enumerate(examples):
-    length = min(num_steps, example["features"].shape[0])
-    features[row, :length] = example["features"][:length]
-    hours[row, :length] = example["hours"][:length]
-    mask[row, :length] = False
-  return {"features": features, "mask": mask, "hours": hours,
-          "label": np.array([e["label"] for e in examples], np.int32),
-          "example_index": np.asarray(indices, np.int64)}
-
-
 def feature_batches(source: FeatureSource, batch_size: int, *, num_steps: Optional[int] = None,
                     shuffle: bool = False, seed: int = 0, drop_remainder: bool = False,
                     indices: Optional[Sequence[int]] = None) -> Iterator[dict]:
-  """One pass over `source` (or its `indices`) in padded batches of `batch_size`.
+  """One pass over `source` (or its `indices`) in padded batches of `batch_size`:
+  {'features' [B,T,D], 'mask' [B,T], 'hours' [B,T], 'label' [B], 'example_index' [B]}.
 
-  `num_steps` (default: the longest cached sequence) fixes T, so every batch has the
-  same shape and a jitted step compiles once. A last partial batch is padded with
-  repeats of its first example flagged by `example_index` -1, unless `drop_remainder`.
+  The rows of `pipeline.make_feature_loader` (one process, no sharding). `num_steps`
+  (default: the longest cached sequence) fixes T, so every batch has the same shape and
+  a jitted step compiles once. A last partial batch is padded with repeats of its first
+  example flagged by `example_index` -1, unless `drop_remainder`.
   """
-  order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
-  if shuffle:
-    order = np.random.default_rng(seed).permutation(order)
-  num_steps = int(num_steps or source.max_steps)
-  for start in range(0, len(order), batch_size):
-    chunk = [int(i) for i in order[start:start + batch_size]]
-    if len(chunk) < batch_size and drop_remainder:
-      return
-    examples = [source[i] for i in chunk]
-    filler = batch_size - len(chunk)
-    batch = pad_batch(examples + [examples[0]] * filler, chunk + [-1] * filler, num_steps)
-    yield batch
+  loader = pipeline.make_feature_loader(source, indices=indices, num_steps=num_steps, batch_size=batch_size,
+                                        shuffle=shuffle, seed=seed, drop_remainder=drop_remainder,
+                                        shard_by_process=False)
+  for batch in loader:
+    yield {"features": batch["features"], "mask": batch["mask"], "hours": batch["hours"],
+           "label": batch["label"],
+           "example_index": np.where(batch["valid"], batch["example_index"], -1).astype(np.int64)}

@@ -1,0 +1,105 @@
+"""The evaluator: the one place that runs a model over a split (big_vision's
+`evaluators/`: an object the loop runs, and so do `--mode evaluate`,
+cross-validation and `blastjax.predict`).
+
+It holds what does not change between calls -- the runner (the compiled eval step on
+the run's devices), how to load a split's batches, the split's labels and ids, the
+early-prediction cut-offs -- and takes the state to evaluate at each call, since the
+training loop evaluates a new state every `eval_every_steps`.
+
+    evaluator = Evaluator.for_run(runner, config, data)
+    index, probs = evaluator.probabilities(state, data.test)        # per embryo
+    metrics, rows, curve = evaluator.evaluate(state, data.test)     # + early prediction
+
+Sliding windows (several rows per embryo) are averaged per embryo; with several
+processes each reads its shard and the probabilities are gathered on every process.
+Metrics, rows and curves are computed by blastjax.evaluate (pure numpy).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from blastjax import evaluate
+from blastjax.train_data import Data, make_loader
+from blastjax.train_step import Runner
+
+# loader(indices, observe_hours) -> batches of this process, [local_devices, per_device, ...]
+Loader = Callable[[Sequence[int], Optional[float]], Iterable[dict]]
+
+
+def _gather(*arrays):
+  """Every process's rows of each array, concatenated in process order."""
+  if jax.process_count() == 1:
+    return arrays
+  from jax.experimental import multihost_utils
+  return tuple(np.asarray(multihost_utils.process_allgather(a)).reshape(-1) for a in arrays)
+
+
+class Evaluator:
+  """P(blast) per embryo, metrics, prediction rows and the early-prediction curve of a split."""
+
+  def __init__(self, runner: Runner, loader: Loader, data: Optional[Data] = None,
+               early_hours: Sequence[float] = (), gather: bool = True):
+    self.runner = runner
+    self.loader = loader
+    self.data = data
+    self.early_hours = sorted(float(h) for h in early_hours)
+    self.gather = gather
+
+  @classmethod
+  def for_run(cls, runner: Runner, config, data: Data) -> "Evaluator":
+    """The evaluator of a training run: its evaluation loader, splits and early_hours."""
+
+    def loader(indices, observe_hours):
+      return make_loader(config, data, indices, train=False, observe_hours=observe_hours)
+
+    return cls(runner, loader, data, early_hours=config.early_hours)
+
+  def probabilities(self, state, indices, observe_hours: Optional[float] = None):
+    """(example indices, P(blast)) over `indices`, one per embryo (windows averaged)."""
+    rows, probs, valid = [], [], []
+    for batch in self.loader(indices, observe_hours):
+      probs.append(self.runner.eval_step(state, batch))
+      rows.append(np.asarray(batch["example_index"]).reshape(-1))
+      valid.append(np.asarray(batch["valid"]).reshape(-1))
+    rows, probs, valid = map(np.concatenate, (rows, probs, valid))
+    if self.gather:
+      rows, probs, valid = _gather(rows, probs, valid)
+    return evaluate.average_by_example(rows[valid], probs[valid])
+
+  def early_probabilities(self, state, indices, index) -> dict:
+    """{hours: P(blast) of the embryos `index`} for every early_hours cut-off."""
+    by_hours = {}
+    for hours in self.early_hours:
+      cut_index, cut_probs = self.probabilities(state, indices, observe_hours=hours)
+      if not np.array_equal(cut_index, index):
+        raise ValueError(f"early prediction at {hours:g} h lost embryos: the cut-off is before their "
+                         "first frame; remove it from config.early_hours")
+      by_hours[hours] = cut_probs
+    return by_hours
+
+  def rows(self, index, probs) -> list:
+    """predictions.csv rows of the embryos `index`."""
+    data = self.data
+    return [{"embryo_id": str(data.embryo_ids[i]), "patient_id": str(data.patient_ids[i]),
+             "label": int(data.labels[i]), "prob_blast": float(p), "predicted": int(p >= 0.5)}
+            for i, p in zip(index, probs)]
+
+  def evaluate(self, state, indices, early: bool = True):
+    """(metrics, per-embryo rows, early-prediction curve or None) of a split."""
+    index, probs = self.probabilities(state, indices)
+    labels = self.data.labels[index]
+    metrics = evaluate.classification_metrics(labels, probs)
+    metrics["num_embryos"] = int(index.size)
+    rows = self.rows(index, probs)
+    if not (early and self.early_hours):
+      return metrics, rows, None
+    by_hours = self.early_probabilities(state, indices, index)
+    for hours, cut_probs in by_hours.items():
+      for row, p in zip(rows, cut_probs):
+        row[f"prob_blast_{hours:g}h"] = float(p)
+    return metrics, rows, evaluate.early_prediction(labels, by_hours)
