@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from blastjax.data import frames as frames_lib
 from blastjax.data import layouts, synthetic
-from blastjax.data.dataset import CLASS_NAMES, INDEX_FILE, REPORT_FILE, index_entry
+from blastjax.data.records import CLASS_NAMES, INDEX_FILE, REPORT_FILE, index_entry
 
 
 @dataclasses.dataclass

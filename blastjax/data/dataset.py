@@ -22,23 +22,17 @@ from typing import Optional
 
 import numpy as np
 
-from blastjax.data import frames as frames_lib
 from blastjax.data import splits
+from blastjax.data.records import (CLASS_NAMES, DATASET_NAME, INDEX_FILE, REPORT_FILE, SPLIT,  # noqa: F401
+                                   index_entry)
 
-DATASET_NAME = "embryo_timelapse"
-# The one TFDS split, holding every embryo ("all" is reserved by TFDS); train/test
-# splits are computed by blastjax.data.splits so that protocols can vary by seed.
-SPLIT = "full"
-CLASS_NAMES = ("non_blast", "blast")
-REPORT_FILE = "build_report.json"   # counts, skipped embryos, adaptations of a build
-INDEX_FILE = "embryos.json"         # index_entry of every example, in storage order
 _SHORT = {"num_embryos": "n", "num_patients": "p", "image_size": "px", "interval_minutes": "min",
           "horizon_hours": "h", "simulator_seed": "seed", "resize": "resize", "image_format": "fmt"}
 
 
 def _builder_module():
   """blastjax.data.builder, imported when a builder is needed: it imports
-  tensorflow_datasets (seconds), and it imports this module (its constants)."""
+  tensorflow_datasets (seconds)."""
   from blastjax.data import builder
 
   return builder
@@ -264,16 +258,6 @@ class EmbryoSource:
           "image_size": None if first is None else tuple(first["image_size"]),
       }
     return self._metadata
-
-
-def index_entry(example: dict) -> dict:
-  """What metadata needs of one example, without its frames: ids, label, split, sizes."""
-  frames = example["frames"]
-  width, height = frames_lib.size(frames[0]) if len(frames) else (0, 0)  # the header only
-  return {"embryo_id": example["embryo_id"], "patient_id": example["patient_id"],
-          "label": int(example["label"]), "split": example["split"],
-          "num_frames": int(len(example["hours"])), "focal_planes": [int(o) for o in example["focal_planes"]],
-          "image_size": [height, width]}
 
 
 def load_source(config: str = "synthetic", split: str = "all", data_dir: Optional[str] = None,
