@@ -159,7 +159,13 @@ def _resume(checkpoints: rundir.Checkpoints, loader, host_state: dict, workdir: 
   iterator = iter(loader)
   if restored is None:
     return host_state, iterator, meta
-  iterator.set_state(meta["data_iterators"][jax.process_index()].encode())
+  try:
+    iterator.set_state(meta["data_iterators"][jax.process_index()].encode())
+  except ValueError as error:
+    raise rundir.CheckpointError(
+        f"{workdir}/checkpoints step {int(meta['step'])}: {error}. The checkpoint was saved by another "
+        "version of blastjax's input pipeline: resume with the version that wrote it, or train in a "
+        "new workdir") from error
   logger.info("resumed from %s/checkpoints step %d", workdir, int(meta["step"]))
   return restored, iterator, meta
 

@@ -229,6 +229,15 @@ def test_resume_from_state_without_workers(source):
   _resume_matches(source, 0, **kwargs)
 
 
+@pytest.mark.parametrize("state", [
+    b'{"last_seen_indices": {"0": 3}, "last_worker_index": 0, "worker_count": 0}',  # another version's
+    b"not json", b"{}"])
+def test_a_state_it_did_not_write_is_one_clear_error(source, state):
+  iterator = iter(pipeline.make_loader(source, num_frames=2, image_size=8, batch_size=2))
+  with pytest.raises(ValueError, match="was not written by this input pipeline"):
+    iterator.set_state(state)
+
+
 def test_two_workers_same_batches_and_resume(source):
   kwargs = dict(num_frames=3, image_size=8, batch_size=4, augment=True, shuffle=True,
                 num_epochs=2, sampling="segments", segment_hours=5.0, seed=5)

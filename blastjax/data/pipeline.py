@@ -97,9 +97,15 @@ class _Iterator:
     return json.dumps(self._iterator.get_state()).encode()
 
   def set_state(self, state) -> None:
-    if isinstance(state, (bytes, str)):
-      state = json.loads(state)
-    self._iterator.set_state(state)
+    """Restores a position from `get_state()` (bytes, text or the dict); a ValueError
+    when the state is not one this pipeline wrote (e.g. a checkpoint of an older version)."""
+    try:
+      if isinstance(state, (bytes, str)):
+        state = json.loads(state)
+      self._iterator.set_state(state)
+    except (KeyError, TypeError, ValueError) as error:
+      raise ValueError(f"data position {str(state)[:80]!r} was not written by this input pipeline "
+                       f"({type(error).__name__}: {error})") from error
 
   def close(self) -> None:
     """Stops grain's threads and worker processes; the iterator then yields nothing."""
