@@ -4,7 +4,9 @@ Binary metrics (accuracy, balanced accuracy, ROC-AUC, sensitivity, specificity, 
 precision/recall/F1, confusion matrix), the early-prediction curve (metrics when only
 the first X hours are observed, and the area under the accuracy curve), clip-probability
 averaging for sliding-window evaluation, k-fold aggregation, and the files a run leaves
-in its workdir: metrics.json, predictions.csv, roc.png, early_prediction.png.
+in its workdir: metrics.json, predictions.csv, roc.png, confusion_matrix.png,
+calibration.png, early_prediction.png. Every evaluation also carries what makes a small
+test set readable: 95% bootstrap intervals (`ci95`), the Brier score and the ECE.
 
 Class 1 is `blast` (the positive class): sensitivity is the recall of blasts,
 specificity the recall of non-blasts. `probs` are P(blast) = softmax(logits)[..., 1].
@@ -126,6 +128,110 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
   }
 
 
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
+FIXED_THRESHOLD_RULE = "fixed at 0.5 (argmax of the two classes)"
+
+
+def brier_score(labels, probs) -> float:
+  """Mean squared error of P(blast) against the label (0 is perfect, 0.25 is a coin)."""
+  labels, probs = _check_labels_probs(labels, probs)
+  return float(np.mean((probs - labels) ** 2))
+
+
+def expected_calibration_error(labels, probs, num_bins: int = 10) -> float:
+  """ECE of P(blast): over `num_bins` equal-width bins of P(blast) in [0, 1], the
+  example-weighted mean of |fraction of blasts - mean P(blast)| (the gaps that the
+  reliability diagram shows)."""
+  points = reliability_bins(labels, probs, num_bins)
+  total = sum(count for _, _, count in points)
+  return float(sum(count * abs(fraction - mean) for mean, fraction, count in points) / total)
+
+
+def bootstrap_intervals(labels, probs, groups=None, threshold: float = 0.5, num_resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict:
+  """Percentile bootstrap intervals {metric: [low, high]} of INTERVAL_METRICS.
+
+  Resamples the embryos with replacement, or whole groups (`groups`: e.g. the patient of
+  each embryo, when the split keeps patients apart, so that embryos of one patient move
+  together). Seeded: the same inputs give the same intervals. A resample where a metric
+  is undefined (AUC with one class drawn) is left out of that metric's interval.
+  """
+  labels, probs = _check_labels_probs(labels, probs)
+  groups = np.arange(labels.size) if groups is None else np.asarray(groups).reshape(-1)
+  if groups.shape != labels.shape:
+    raise ValueError(f"groups ({groups.size}) and labels ({labels.size}) differ in length")
+  _, group_of = np.unique(groups, return_inverse=True)
+  num_groups = int(group_of.max()) + 1
+  rng = np.random.default_rng(seed)
+  draws = {name: [] for name in INTERVAL_METRICS}
+  for _ in range(num_resamples):
+    times = np.bincount(rng.integers(0, num_groups, num_groups), minlength=num_groups)[group_of]
+    chosen = np.repeat(np.arange(labels.size), times)
+    resampled = classification_metrics(labels[chosen], probs[chosen], threshold)
+    for name in INTERVAL_METRICS:
+      draws[name].append(resampled[name])
+  tail = (1.0 - level) / 2.0
+  intervals = {}
+  for name, values in draws.items():
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    intervals[name] = ([float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))]
+                       if values.size else [float("nan"), float("nan")])
+  return intervals
+
+
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def _logits(probs) -> np.ndarray:
+  probs = np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)
+  return np.log(probs) - np.log1p(-probs)
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+  """P(blast) with its logit divided by `temperature` (1 = unchanged). The decision at
+  0.5 does not move, so accuracy, sensitivity, specificity and AUC are unchanged."""
+  if temperature == 1.0:
+    return np.asarray(probs, np.float64)
+  return 1.0 / (1.0 + np.exp(-_logits(probs) / temperature))
+
+
+def fit_temperature(labels, probs, iterations: int = 60) -> float:
+  """The temperature minimising the negative log-likelihood of `labels` (temperature
+  scaling, Guo et al. 2017), by golden-section search over log T in TEMPERATURE_RANGE."""
+  labels, probs = _check_labels_probs(labels, probs)
+  logits = _logits(probs)
+
+  def nll(log_t):
+    z = logits / np.exp(log_t)
+    return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+  low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+  ratio = (np.sqrt(5.0) - 1.0) / 2.0
+  a, b = high - ratio * (high - low), low + ratio * (high - low)
+  for _ in range(iterations):
+    if nll(a) < nll(b):
+      high, b = b, a
+      a = high - ratio * (high - low)
+    else:
+      low, a = a, b
+      b = low + ratio * (high - low)
+  return float(np.exp((low + high) / 2.0))
+
+
+def evaluation_metrics(labels, probs, groups=None, group_name: str = "embryos",
+                       threshold: float = 0.5, seed: int = 0) -> dict:
+  """classification_metrics plus what makes a small test set readable: `ci95` (bootstrap
+  over embryos, or over `groups`), `brier`, `ece`, and how the threshold was chosen."""
+  metrics = classification_metrics(labels, probs, threshold)
+  metrics["ci95"] = bootstrap_intervals(labels, probs, groups, threshold, seed=seed)
+  metrics["ci95_resampled"] = group_name if groups is not None else "embryos"
+  metrics["brier"] = brier_score(labels, probs)
+  metrics["ece"] = expected_calibration_error(labels, probs)
+  metrics["threshold_rule"] = FIXED_THRESHOLD_RULE
+  return metrics
+
+
 def early_prediction(labels, probs_by_hours: Mapping[float, Sequence[float]],
                      threshold: float = 0.5) -> dict:
   """Accuracy and AUC when only the first X hours are observed, for each cut-off X.
@@ -234,18 +340,71 @@ def write_predictions(path: str, rows: Sequence[Mapping[str, object]]) -> None:
   os.replace(tmp, path)
 
 
-def plot_roc(path: str, labels, probs, title: str = "ROC") -> None:
-  """Saves the ROC curve with its AUC as a PNG."""
+def _pyplot():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
 
+
+def plot_roc(path: str, labels, probs, title: str = "ROC", threshold: float = 0.5) -> None:
+  """Saves the ROC curve with its AUC, the operating point at `threshold` and n as a PNG."""
+  plt = _pyplot()
   fpr, tpr, _ = roc_curve(labels, probs)
+  point = classification_metrics(labels, probs, threshold)
   fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
   ax.plot(fpr, tpr, lw=2, label=f"AUC = {roc_auc(labels, probs):.3f}")
+  ax.plot([1 - point["specificity"]], [point["sensitivity"]], "o", color="C3",
+          label=f"threshold {threshold:g}")
   ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
-  ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+  ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{title} (n = {point['num_examples']})",
+         xlim=(0, 1), ylim=(0, 1.01))
   ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_confusion_matrix(path: str, labels, probs, threshold: float = 0.5, title: str = "") -> None:
+  """Saves the confusion matrix at `threshold` (rows: true class) as a PNG."""
+  plt = _pyplot()
+  metrics = classification_metrics(labels, probs, threshold)
+  matrix = np.asarray(metrics["confusion_matrix"])
+  fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+  ax.imshow(matrix, cmap="Blues", vmin=0)
+  for (row, col), count in np.ndenumerate(matrix):
+    ax.text(col, row, str(count), ha="center", va="center",
+            color="white" if count > matrix.max() / 2 else "black")
+  ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
+         xlabel="predicted", ylabel="true",
+         title=f"{title + ', ' if title else ''}threshold {threshold:g} (n = {metrics['num_examples']})")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def reliability_bins(labels, probs, num_bins: int = 10) -> list:
+  """(mean P(blast), fraction of blasts, count) of each non-empty equal-width bin."""
+  labels, probs = _check_labels_probs(labels, probs)
+  bins = np.minimum((probs * num_bins).astype(np.int64), num_bins - 1)
+  return [(float(probs[bins == b].mean()), float(labels[bins == b].mean()), int((bins == b).sum()))
+          for b in np.unique(bins)]
+
+
+def plot_calibration(path: str, labels, probs, title: str = "") -> None:
+  """Saves the reliability diagram (fraction of blasts against mean P(blast) per bin,
+  marker size by count) with the ECE and the Brier score as a PNG."""
+  plt = _pyplot()
+  points = reliability_bins(labels, probs)
+  fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+  ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect calibration")
+  ax.plot([p for p, _, _ in points], [f for _, f, _ in points], "-", color="C0")
+  ax.scatter([p for p, _, _ in points], [f for _, f, _ in points], s=[12 + 8 * c for _, _, c in points],
+             color="C0", label="bins of 0.1 (size: embryos)")
+  ax.set(xlabel="mean P(blast)", ylabel="fraction of blasts", xlim=(0, 1), ylim=(0, 1.01),
+         title=f"{title + ': ' if title else ''}ECE {expected_calibration_error(labels, probs):.3f}, "
+               f"Brier {brier_score(labels, probs):.3f} (n = {len(np.asarray(labels))})")
+  ax.legend(loc="upper left", fontsize=8)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -253,9 +412,7 @@ def plot_roc(path: str, labels, probs, title: str = "ROC") -> None:
 
 def plot_early_prediction(path: str, early: Mapping[str, Sequence[float]]) -> None:
   """Saves accuracy and AUC against hours observed as a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
 
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   ax.plot(early["hours"], early["accuracy"], marker="o", label="accuracy")
@@ -296,6 +453,10 @@ def write_evaluation(workdir: str, metrics: Mapping[str, object],
     plot_roc(paths["roc"], labels, probs)
   else:
     del paths["roc"]
+  paths["confusion_matrix"] = os.path.join(workdir, "confusion_matrix.png")
+  plot_confusion_matrix(paths["confusion_matrix"], labels, probs)
+  paths["calibration"] = os.path.join(workdir, "calibration.png")
+  plot_calibration(paths["calibration"], labels, probs)
   if early is not None:
     paths["early_prediction"] = os.path.join(workdir, "early_prediction.png")
     plot_early_prediction(paths["early_prediction"], early)

@@ -43,8 +43,9 @@ class Evaluator:
   """P(blast) per embryo, metrics, prediction rows and the early-prediction curve of a split."""
 
   def __init__(self, runner: Runner, loader: Loader, data: Optional[Data] = None,
-               early_hours: Sequence[float] = (), gather: bool = True):
+               early_hours: Sequence[float] = (), gather: bool = True, temperature: float = 1.0):
     self.runner = runner
+    self.temperature = float(temperature)  # applied to every probability (1 = uncalibrated)
     self.loader = loader
     self.data = data
     self.early_hours = sorted(float(h) for h in early_hours)
@@ -69,7 +70,16 @@ class Evaluator:
     rows, probs, valid = map(np.concatenate, (rows, probs, valid))
     if self.gather:
       rows, probs, valid = _gather(rows, probs, valid)
-    return evaluate.average_by_example(rows[valid], probs[valid])
+    index, probs = evaluate.average_by_example(rows[valid], probs[valid])
+    return index, evaluate.apply_temperature(probs, self.temperature)
+
+  def calibrate(self, state, indices) -> dict:
+    """Fits the temperature on the split `indices` (the validation split) and keeps it
+    for every later call; returns what calibration.json records."""
+    self.temperature = 1.0
+    index, probs = self.probabilities(state, indices)
+    self.temperature = evaluate.fit_temperature(self.data.labels[index], probs)
+    return {"temperature": self.temperature, "fitted_on": "validation", "num_embryos": int(index.size)}
 
   def early_probabilities(self, state, indices, index) -> dict:
     """{hours: P(blast) of the embryos `index`} for every early_hours cut-off."""
@@ -82,6 +92,18 @@ class Evaluator:
       by_hours[hours] = cut_probs
     return by_hours
 
+  def patient_groups(self, index):
+    """The patient of each embryo in `index` when no patient of them is also in the
+    run's training or validation side (a patient-grouped split: the bootstrap then
+    resamples patients); None otherwise (it resamples embryos)."""
+    data = self.data
+    patients = np.asarray(data.patient_ids)
+    seen = set(patients[np.concatenate([data.train, data.validation])].tolist())
+    evaluated = patients[index]
+    if seen.intersection(evaluated.tolist()):
+      return None
+    return evaluated
+
   def rows(self, index, probs) -> list:
     """predictions.csv rows of the embryos `index`."""
     data = self.data
@@ -93,7 +115,10 @@ class Evaluator:
     """(metrics, per-embryo rows, early-prediction curve or None) of a split."""
     index, probs = self.probabilities(state, indices)
     labels = self.data.labels[index]
-    metrics = evaluate.classification_metrics(labels, probs)
+    groups = self.patient_groups(index)
+    metrics = evaluate.evaluation_metrics(labels, probs, groups, group_name="patients")
+    metrics["calibrated"] = self.temperature != 1.0
+    metrics["temperature"] = self.temperature
     metrics["num_embryos"] = int(index.size)
     rows = self.rows(index, probs)
     if not (early and self.early_hours):

@@ -94,6 +94,8 @@ class Predictor:
     self.info = rundir.read_data_info(workdir)
     self.model, self.spec = create_model(self.config)
     state, self.step = restore_variables(workdir, checkpoint or self.config.eval_checkpoint)
+    calibration = rundir.read_calibration(workdir, self.step)
+    self.temperature = calibration["temperature"] if calibration else 1.0
     sc = StepConfig(input_kind=self.spec.input_kind, per_step=self.spec.per_step)
     # The eval step of training, on this process's first device: the same probabilities.
     self.runner = Runner(None, make_eval_step(self.model, sc), devices=jax.local_devices()[:1])
@@ -138,7 +140,8 @@ class Predictor:
     def loader(indices, hours):  # one embryo, on one device: [1, 1, ...] batches
       return ({k: np.asarray(v)[None] for k, v in batch.items()} for batch in self._loader(example, hours))
 
-    _, probs = Evaluator(self.runner, loader, gather=False).probabilities(self.state, [0], observe_hours)
+    evaluator = Evaluator(self.runner, loader, gather=False, temperature=self.temperature)
+    _, probs = evaluator.probabilities(self.state, [0], observe_hours)
     return float(probs[0])
 
 
@@ -163,7 +166,7 @@ def predict_embryo(workdir: str, embryo_dir: str, hours=None, checkpoint: str = 
   hours_all = np.asarray(example["hours"])
   note = frames_note(predictor.config, predictor.spec, hours_all.size)
   notes += [note] if note else []
-  result = {"embryo_id": example["embryo_id"], "step": predictor.step,
+  result = {"embryo_id": example["embryo_id"], "step": predictor.step, "temperature": predictor.temperature,
             "prob_blast": predictor.probability(example), "observed_hours": float(hours_all[-1]),
             "by_hours": {}, "notes": notes}
   cutoffs = hours if hours is not None else predictor.config.early_hours
@@ -182,7 +185,9 @@ def predict_embryo(workdir: str, embryo_dir: str, hours=None, checkpoint: str = 
 
 def format_result(result: dict) -> str:
   lines = [f"embryo {result['embryo_id']}: P(blast) = {result['prob_blast']:.4f} "
-           f"(all frames, up to {result['observed_hours']:.1f} h; checkpoint step {result['step']})"]
+           f"(all frames, up to {result['observed_hours']:.1f} h; checkpoint step {result['step']}; "
+           + (f"calibrated, temperature {result['temperature']:.3f})" if result.get("temperature", 1.0) != 1.0
+              else "uncalibrated)")]
   for cutoff, prob in result["by_hours"].items():
     lines.append(f"  first {cutoff:g} h: " + ("n/a" if prob is None else f"P(blast) = {prob:.4f}"))
   lines += [f"  note: {n}" for n in result["notes"]]

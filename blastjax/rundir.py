@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 CONFIG = "config.json"
 DATA_INFO = "data_info.json"
+CALIBRATION_FILE = "calibration.json"
 
 
 class CheckpointError(RuntimeError):
@@ -78,6 +79,22 @@ def read_data_info(workdir: str) -> dict:
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def write_calibration(workdir: str, calibration: dict) -> None:
+  """calibration.json: the temperature fitted on the validation split, for the step it
+  was fitted to (evaluate and predict apply it to that checkpoint only)."""
+  _write_json_atomically(os.path.join(workdir, CALIBRATION_FILE), json.dumps(calibration, indent=2))
+
+
+def read_calibration(workdir: str, step: int) -> Optional[dict]:
+  """The run's calibration for checkpoint `step`, or None (not fitted, or another step)."""
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    calibration = json.load(f)
+  return calibration if int(calibration.get("step", -1)) == int(step) else None
 
 
 def check_writable(directory: str) -> None:

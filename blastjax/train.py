@@ -277,10 +277,25 @@ def train_and_evaluate(config, workdir: str, source=None, train_idx=None, test_i
   data = with_features(config, workdir, data)
   evaluator, final = train(config, workdir, data)
   logger.info("process %d: parameter checksum %s", jax.process_index(), parameter_checksum(final["params"]))
-  metrics, rows, curve = evaluator.evaluate(evaluator.runner.put_state(final), data.test)
+  placed = evaluator.runner.put_state(final)
+  _calibrate(evaluator, placed, data, workdir, int(final["step"]))
+  metrics, rows, curve = evaluator.evaluate(placed, data.test)
   metrics["step"] = int(final["step"])
   _report_test(workdir, metrics, rows, curve)
   return {**metrics, **({"early_prediction": curve} if curve else {})}
+
+
+def _calibrate(evaluator: Evaluator, state, data: Data, workdir: str, step: int) -> None:
+  """Temperature scaling on the validation split, when there is one (2 embryos or more),
+  written to calibration.json for evaluate and predict; uncalibrated otherwise."""
+  if data.validation.size < 2:
+    logger.info("no validation split to calibrate on: probabilities are uncalibrated")
+    return
+  calibration = {**evaluator.calibrate(state, data.validation), "step": step}
+  if jax.process_index() == 0:
+    rundir.write_calibration(workdir, calibration)
+  logger.info("temperature %.3f fitted on %d validation embryos", calibration["temperature"],
+              calibration["num_embryos"])
 
 
 def restore_for_evaluation(config, workdir: str, data: Data):
@@ -303,6 +318,8 @@ def evaluate_workdir(workdir: str, config=None) -> dict:
   config = config_validation.prepare(config)
   data = with_features(config, workdir, make_data(config, open_source(config)))
   evaluator, state = restore_for_evaluation(config, workdir, data)
+  calibration = rundir.read_calibration(workdir, int(state["step"]))
+  evaluator.temperature = calibration["temperature"] if calibration else 1.0
   metrics, rows, curve = evaluator.evaluate(evaluator.runner.put_state(state), data.test)
   metrics["step"] = int(state["step"])
   _report_test(workdir, metrics, rows, curve)

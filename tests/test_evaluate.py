@@ -163,6 +163,7 @@ def test_write_evaluation_files(tmp_path):
   metrics = evaluate.classification_metrics(labels, probs)
   early = evaluate.early_prediction(labels, {24: probs, 48: probs})
   paths = evaluate.write_evaluation(str(tmp_path), metrics, rows, early)
+  assert {"confusion_matrix", "calibration", "roc", "early_prediction"} <= set(paths)
   for path in paths.values():
     assert os.path.getsize(path) > 0
   with open(paths["metrics"]) as f:
@@ -181,3 +182,77 @@ def test_metrics_json_turns_nan_into_null(tmp_path):
   evaluate.write_json(path, {"auc": float("nan"), "nested": [float("inf"), 1.0]})
   with open(path) as f:
     assert json.load(f) == {"auc": None, "nested": [None, 1.0]}
+
+
+def test_brier_score_equals_scikit_learn():
+  from sklearn import metrics as sk
+  rng = np.random.default_rng(4)
+  labels, probs = rng.integers(0, 2, 40), rng.random(40)
+  assert evaluate.brier_score(labels, probs) == pytest.approx(sk.brier_score_loss(labels, probs), abs=1e-12)
+
+
+def test_expected_calibration_error_on_known_bins():
+  # bins 0, 1, 8, 9 with one example each: gaps .05, .15, .15, .05
+  assert evaluate.expected_calibration_error([0, 0, 1, 1], [.05, .15, .85, .95]) == pytest.approx(0.1)
+  rng = np.random.default_rng(5)
+  probs = rng.random(20000)
+  calibrated = (rng.random(20000) < probs).astype(int)
+  assert evaluate.expected_calibration_error(calibrated, probs) < 0.02
+  assert evaluate.expected_calibration_error(1 - calibrated, probs) > 0.4
+
+
+def _example(n=48, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, n)
+  return labels, np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1)
+
+
+def test_bootstrap_intervals_are_seeded_and_hold_the_estimate():
+  labels, probs = _example()
+  first = evaluate.bootstrap_intervals(labels, probs, num_resamples=300, seed=1)
+  assert first == evaluate.bootstrap_intervals(labels, probs, num_resamples=300, seed=1)
+  assert first != evaluate.bootstrap_intervals(labels, probs, num_resamples=300, seed=2)
+  point = evaluate.classification_metrics(labels, probs)
+  for name, (low, high) in first.items():
+    assert low <= point[name] <= high, name
+    assert high - low > 0.02, name       # 48 embryos: the interval is not a point
+
+
+def test_bootstrap_over_groups_moves_a_group_together():
+  """Each embryo twice, the copies in one group: resampling the groups is resampling the
+  original embryos (same draws, metrics are ratios), so the intervals are equal."""
+  labels, probs = _example()
+  pairs = evaluate.bootstrap_intervals(np.repeat(labels, 2), np.repeat(probs, 2),
+                                       groups=np.repeat(np.arange(labels.size), 2), num_resamples=200)
+  single = evaluate.bootstrap_intervals(labels, probs, num_resamples=200)
+  for name in single:
+    np.testing.assert_allclose(pairs[name], single[name], atol=1e-12, err_msg=name)
+  # Resampling the copies one by one instead gives narrower (over-confident) intervals.
+  naive = evaluate.bootstrap_intervals(np.repeat(labels, 2), np.repeat(probs, 2), num_resamples=200)
+  assert naive["accuracy"][1] - naive["accuracy"][0] < single["accuracy"][1] - single["accuracy"][0]
+
+
+def test_evaluation_metrics_say_what_they_are():
+  labels, probs = _example()
+  m = evaluate.evaluation_metrics(labels, probs, groups=np.arange(48) // 3, group_name="patients")
+  assert set(m["ci95"]) == set(evaluate.INTERVAL_METRICS)
+  assert m["ci95_resampled"] == "patients"
+  assert m["threshold"] == 0.5 and "0.5" in m["threshold_rule"]
+  assert m["brier"] == pytest.approx(evaluate.brier_score(labels, probs))
+  assert evaluate.evaluation_metrics(labels, probs)["ci95_resampled"] == "embryos"
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_keeps_decisions():
+  rng = np.random.default_rng(6)
+  true_logits = rng.normal(0, 2, 4000)
+  labels = (rng.random(4000) < 1 / (1 + np.exp(-true_logits))).astype(int)
+  overconfident = 1 / (1 + np.exp(-3.0 * true_logits))      # logits 3x too large
+  temperature = evaluate.fit_temperature(labels, overconfident)
+  assert temperature == pytest.approx(3.0, rel=0.1)
+  calibrated = evaluate.apply_temperature(overconfident, temperature)
+  assert evaluate.expected_calibration_error(labels, calibrated) < evaluate.expected_calibration_error(labels, overconfident)
+  before = evaluate.classification_metrics(labels, overconfident)
+  after = evaluate.classification_metrics(labels, calibrated)
+  for name in ("accuracy", "sensitivity", "specificity", "auc"):
+    assert after[name] == pytest.approx(before[name], abs=1e-12), name
+  np.testing.assert_allclose(evaluate.apply_temperature(overconfident, 1.0), overconfident)

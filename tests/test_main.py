@@ -139,12 +139,15 @@ def test_train_then_evaluate_mode_reproduces_metrics(tmp_path, data_dir):
   workdir = str(tmp_path / "run")
   main.run(config, workdir, "train")
   for name in ("config.json", "metrics.json", "predictions.csv", "roc.png", "early_prediction.png",
-               "metrics.jsonl"):
+               "metrics.jsonl", "calibration.json", "confusion_matrix.png", "calibration.png"):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   with open(os.path.join(workdir, "metrics.json")) as f:
     trained = json.load(f)
   assert trained["early_prediction"]["hours"] == [40.0, 80.0]
+  low, high = trained["ci95"]["accuracy"]
+  assert low <= trained["accuracy"] <= high and trained["ci95_resampled"] == "embryos"
+  assert trained["calibrated"] and trained["temperature"] > 0 and 0 <= trained["ece"] <= 1
   with open(os.path.join(workdir, "predictions.csv")) as f:
     header = f.readline().strip().split(",")
   assert header[:5] == ["embryo_id", "patient_id", "label", "prob_blast", "predicted"]
