@@ -220,12 +220,14 @@ def fit_temperature(labels, probs, iterations: int = 60) -> float:
 
 
 def evaluation_metrics(labels, probs, groups=None, group_name: str = "embryos",
-                       threshold: float = 0.5, seed: int = 0) -> dict:
+                       threshold: float = 0.5, seed: int = 0, intervals: bool = True) -> dict:
   """classification_metrics plus what makes a small test set readable: `ci95` (bootstrap
-  over embryos, or over `groups`), `brier`, `ece`, and how the threshold was chosen."""
+  over embryos, or over `groups`; skipped with intervals=False, e.g. for the loop's
+  validation, which reads one scalar), `brier`, `ece`, and how the threshold was chosen."""
   metrics = classification_metrics(labels, probs, threshold)
-  metrics["ci95"] = bootstrap_intervals(labels, probs, groups, threshold, seed=seed)
-  metrics["ci95_resampled"] = group_name if groups is not None else "embryos"
+  if intervals:
+    metrics["ci95"] = bootstrap_intervals(labels, probs, groups, threshold, seed=seed)
+    metrics["ci95_resampled"] = group_name if groups is not None else "embryos"
   metrics["brier"] = brier_score(labels, probs)
   metrics["ece"] = expected_calibration_error(labels, probs)
   metrics["threshold_rule"] = FIXED_THRESHOLD_RULE

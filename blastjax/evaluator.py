@@ -111,12 +111,14 @@ class Evaluator:
              "label": int(data.labels[i]), "prob_blast": float(p), "predicted": int(p >= 0.5)}
             for i, p in zip(index, probs)]
 
-  def evaluate(self, state, indices, early: bool = True):
-    """(metrics, per-embryo rows, early-prediction curve or None) of a split."""
+  def evaluate(self, state, indices, early: bool = True, intervals: bool = True):
+    """(metrics, per-embryo rows, early-prediction curve or None) of a split; without
+    the bootstrap intervals when `intervals` is False (1,000 resamples per call)."""
     index, probs = self.probabilities(state, indices)
     labels = self.data.labels[index]
-    groups = self.patient_groups(index)
-    metrics = evaluate.evaluation_metrics(labels, probs, groups, group_name="patients")
+    groups = self.patient_groups(index) if intervals else None
+    metrics = evaluate.evaluation_metrics(labels, probs, groups, group_name="patients",
+                                          intervals=intervals)
     metrics["calibrated"] = self.temperature != 1.0
     metrics["temperature"] = self.temperature
     metrics["num_embryos"] = int(index.size)

@@ -209,7 +209,7 @@ def train(config, workdir: str, data: Data) -> tuple[Evaluator, dict]:
     pending.clear()
 
   def validation_value(step, state):
-    val_metrics, _, _ = evaluator.evaluate(state, data.validation, early=False)
+    val_metrics, _, _ = evaluator.evaluate(state, data.validation, early=False, intervals=False)
     metric_log.write(step, "validation", {k: v for k, v in val_metrics.items() if isinstance(v, (int, float))})
     return float(np.nan_to_num(val_metrics[config.best_metric], nan=-1.0))
 

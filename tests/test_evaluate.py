@@ -256,3 +256,10 @@ def test_temperature_scaling_recovers_a_known_temperature_and_keeps_decisions():
   for name in ("accuracy", "sensitivity", "specificity", "auc"):
     assert after[name] == pytest.approx(before[name], abs=1e-12), name
   np.testing.assert_allclose(evaluate.apply_temperature(overconfident, 1.0), overconfident)
+
+
+def test_evaluation_metrics_without_intervals_skip_only_the_bootstrap():
+  labels, probs = _example()
+  full, light = evaluate.evaluation_metrics(labels, probs), evaluate.evaluation_metrics(labels, probs, intervals=False)
+  assert set(full) - set(light) == {"ci95", "ci95_resampled"}
+  assert all(light[k] == full[k] for k in light)
