@@ -18,17 +18,16 @@ training; fewer frames than the model takes are repeated (uniform sampling) or l
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 
 import jax
 import numpy as np
 from absl import app, flags
-from PIL import Image
 
 from blastjax import feature_cache, rundir, train_data
-from blastjax.data import layouts
+from blastjax.data import frames as frames_lib
+from blastjax.data import layouts, pipeline
 from blastjax.evaluator import Evaluator
 from blastjax.train_step import Runner, StepConfig, create_model, make_eval_step
 
@@ -68,7 +67,7 @@ def check_compatible(example: dict, config, info: dict, spec) -> list:
   adaptations = []
   if config.focal_planes in ("axis", "channels") and planes != trained:
     adaptations.append(f"plane offsets {planes} used in place of the trained {trained} (same count, same order)")
-  width, height = Image.open(io.BytesIO(bytes(example["frames"][0, 0]))).size
+  width, height = frames_lib.size(example["frames"][0, 0])
   if [width, height] != info.get("frame_size", [width, height]):
     adaptations.append(f"frames of {width}x{height} (training data: {info['frame_size'][0]}x"
                        f"{info['frame_size'][1]}) centre-cropped and resized to {config.image_size}")
@@ -123,9 +122,6 @@ class Predictor:
     return self._features[1]
 
   def _loader(self, example: dict, observe_hours):
-    from blastjax import train_data
-    from blastjax.data import pipeline
-
     common = dict(indices=[0], batch_size=1, shuffle=False, num_epochs=1, observe_hours=observe_hours,
                   shard_by_process=False)
     if self.spec.input_kind == "features":

@@ -6,17 +6,16 @@ blastjax.evaluator's job; the workdir's files are blastjax.rundir's.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image
 
 from blastjax import feature_cache, models, weights
 from blastjax.data import dataset, pipeline, splits
+from blastjax.data import frames as frames_lib
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ def data_info(source, data: Data) -> dict:
   that predict can refuse input that does not match instead of answering wrongly
   (blastjax.rundir writes it as data_info.json)."""
   example = source[int(data.train[0])]
-  width, height = Image.open(io.BytesIO(bytes(example["frames"][0, 0]))).size
+  width, height = frames_lib.size(example["frames"][0, 0])
   frames = [int(source.raw(int(i))["hours"].shape[0]) for i in data.train[:64]]
   info = {"focal_planes": [int(p) for p in np.asarray(example["focal_planes"]).reshape(-1)],
           "frame_size": [int(width), int(height)], "min_frames": int(min(frames)),
