@@ -25,7 +25,7 @@ import numpy as np
 
 from blastjax import evaluate
 from blastjax.train_data import Data, make_loader
-from blastjax.train_step import Runner
+from blastjax.parallel import Runner
 
 # loader(indices, observe_hours) -> batches of this process, [local_devices, per_device, ...]
 Loader = Callable[[Sequence[int], Optional[float]], Iterable[dict]]

@@ -96,10 +96,10 @@ def dataset_problems(config) -> list:
 
 def preflight(config) -> None:
   """Every check that needs no work: fields, model, devices, dataset."""
-  from blastjax import train_step  # heavy (jax, optax): not needed to report a flag error
+  from blastjax import parallel  # heavy (jax, optax): not needed to report a flag error
 
   try:
-    num_devices, device_problems = len(train_step.selected_devices(config)), []
+    num_devices, device_problems = len(parallel.selected_devices(config)), []
   except ValueError as error:
     num_devices, device_problems = None, [str(error)]
   except TypeError:  # a mistyped num_devices; validate() names it

@@ -29,7 +29,8 @@ from blastjax import feature_cache, rundir, train_data
 from blastjax.data import frames as frames_lib
 from blastjax.data import layouts, pipeline
 from blastjax.evaluator import Evaluator
-from blastjax.train_step import Runner, StepConfig, create_model, make_eval_step
+from blastjax.parallel import Runner
+from blastjax.train_step import StepConfig, create_model, make_eval_step
 
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The workdir of a training run (config.json, checkpoints).")

@@ -27,7 +27,7 @@ from blastjax import config_validation, evaluate, rundir, train_step
 from blastjax.evaluator import Evaluator
 from blastjax.train_data import (Data, cross_validation_folds, data_info, make_data, open_source,
                                  reads_features, split_notes, steps_per_epoch, train_loader, with_features)
-from blastjax.train_step import DevicePrefetch, Runner, metrics_to_host
+from blastjax.parallel import DevicePrefetch, Runner, metrics_to_host
 
 logger = logging.getLogger(__name__)
 

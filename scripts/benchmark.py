@@ -1,7 +1,7 @@
 """Training throughput of blastjax against the PyTorch reference, in the same run.
 
 For each model and shape it times steady-state training steps of blastjax's own train
-step (`blastjax.train_step.make_train_step` wrapped by `blastjax.train_step.Runner`, pmap by
+step (`blastjax.train_step.make_train_step` wrapped by `blastjax.parallel.Runner`, pmap by
 default: what `python -m blastjax.main` runs), compilation excluded and reported
 separately: samples/s, step time median and interquartile range, peak device memory
 (XLA's buffer estimate where the device reports none, as on CPU), and achieved FLOP/s
@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from blastjax import models
+from blastjax import parallel as parallel_lib
 from blastjax import train_step
 
 # Peak dense bf16 FLOP/s of GPUs we know (SXM parts), for MFU.
@@ -136,7 +137,7 @@ def time_jax(case: Case, steps: int, dtype: str, parallel: str = "pmap", devices
       jax.random.PRNGKey(0))
   tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
   sc = train_step.StepConfig(input_kind=spec.input_kind, per_step=spec.per_step)
-  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+  runner = parallel_lib.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
                              parallel, devices=devices)
   state = runner.put_state(train_step.init_state(model, tx, jax.tree.map(np.asarray, dict(variables)), seed=0))
   del variables

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import train_helpers as th
-from blastjax import config_validation, models, train_step
+from blastjax import config_validation, models, optim, parallel, train_step
 from blastjax import feature_cache
 from blastjax.data import pipeline, sampling
 from test_pipeline import MemorySource, _encode
@@ -140,13 +140,13 @@ def test_per_step_model_with_leading_and_middle_gaps_trains_and_predicts_causall
   sc = train_step.StepConfig("video_focal", per_step=True)
   variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, mask=mask[:1]))(batch["image"][0, :1])
   tx = optax.adam(1e-3)
-  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+  runner = parallel.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
                              "pmap", devices=jax.devices()[:1])
 
   def step(b):
     state = runner.put_state(train_step.init_state(model, tx, dict(variables), seed=0))
     new_state, metrics = runner.train_step(state, b)
-    return runner.host_state(new_state), train_step.metrics_to_host(metrics)
+    return runner.host_state(new_state), parallel.metrics_to_host(metrics)
 
   noisy = {k: v.copy() for k, v in batch.items()}
   noisy["image"][0][mask] = 9.0 * np.random.default_rng(3).standard_normal(noisy["image"][0][mask].shape)

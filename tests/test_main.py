@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from blastjax import main, train, train_step
+from blastjax import main, parallel, train
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_num_devices_selects_a_subset_and_refuses_too_many(tmp_path, data_dir):
   config = th.tiny_config("tiny_image", data_dir=data_dir, num_devices=2, batch_size=6, eval_batch_size=6,
                           num_steps=2, early_hours=(), validation_fraction=0.0)
   main.preflight(config)  # 6 divides over 2 devices
-  assert [d.id for d in train_step.selected_devices(config)] == [0, 1]
+  assert [d.id for d in parallel.selected_devices(config)] == [0, 1]
   result = train.train_and_evaluate(config, str(tmp_path / "two"))
   assert result["step"] == 2
 

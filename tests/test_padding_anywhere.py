@@ -17,7 +17,7 @@ import pytest
 
 from blastjax import models
 from blastjax.models import masking
-from blastjax.train_step import final_logits
+from blastjax.models.registry import final_logits
 
 KINDS = ("video", "video_focal", "features")
 # Smaller settings of the models too large to compile at their defaults on a 2-core CI;

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from blastjax import models, train_step
+from blastjax import models, optim, pretrained, train_step
+from blastjax import parallel as parallel_lib
 from blastjax.models import registry
 
 # float32 on CPU; the 4-device runs sum partial gradients in another order. Dropout is
@@ -40,7 +41,7 @@ def _setup(name="tiny_image", frames=None, freeze="", skip_nonfinite=False, **mo
   sample = _batch(1, 2, frames)
   x, mask = spec.inputs({k: v[0] for k, v in sample.items()})
   variables = jax.tree.map(np.asarray, dict(model.init({"params": jax.random.PRNGKey(0)}, x, mask=mask)))
-  tx = train_step.make_optimizer(config, variables["params"], total_steps=10, steps_per_epoch=2)
+  tx = optim.make_optimizer(config, variables["params"], total_steps=10, steps_per_epoch=2)
   sc = train_step.StepConfig(spec.input_kind, spec.per_step, skip_nonfinite=skip_nonfinite)
   state = train_step.init_state(model, tx, variables, seed=0)
   return model, tx, sc, state
@@ -48,13 +49,13 @@ def _setup(name="tiny_image", frames=None, freeze="", skip_nonfinite=False, **mo
 
 def _run(parallel, devices, batches, name="tiny_image", frames=None, **kwargs):
   model, tx, sc, state = _setup(name, frames, **kwargs)
-  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+  runner = parallel_lib.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
                              parallel, devices=devices)
   state = runner.put_state(state)
   metrics = []
   for batch in batches:
     state, m = runner.train_step(state, batch)
-    metrics.append(train_step.metrics_to_host(m))
+    metrics.append(parallel_lib.metrics_to_host(m))
   return runner.host_state(state), metrics
 
 
@@ -136,7 +137,7 @@ def test_optimizer_schedules_and_class_weights():
   for schedule in ("constant", "cosine", "plateau"):
     config.schedule = schedule
     config.grad_clip_norm = 1.0
-    tx = train_step.make_optimizer(config, params, total_steps=10, steps_per_epoch=2)
+    tx = optim.make_optimizer(config, params, total_steps=10, steps_per_epoch=2)
     updates, _ = tx.update({"w": jnp.full(3, 5.0)}, tx.init(params), params, value=jnp.float32(1.0))
     assert np.all(np.isfinite(np.asarray(updates["w"])))
   config.class_weights = "balanced"
@@ -148,7 +149,7 @@ def test_optimizer_schedules_and_class_weights():
 def test_merge_pretrained_keeps_a_mismatched_head():
   variables = {"params": {"conv1": {"kernel": np.zeros((3, 3, 1, 4))}, "fc": {"kernel": np.zeros((4, 2))}}}
   loaded = {"params": {"conv1": {"kernel": np.ones((3, 3, 1, 4))}, "fc": {"kernel": np.ones((4, 1000))}}}
-  merged, copied, skipped = train_step.merge_pretrained(variables, loaded)
+  merged, copied, skipped = pretrained.merge_pretrained(variables, loaded)
   assert copied == 1 and skipped == ["params/fc/kernel"]
   assert merged["params"]["conv1"]["kernel"].sum() == 36
 
@@ -157,7 +158,7 @@ def test_merge_pretrained_keeps_a_mismatched_head():
 def test_compiled_train_step_equals_train_step(parallel):
   devices = jax.devices()[:2]
   model, tx, sc, state = _setup()
-  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+  runner = parallel_lib.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
                              parallel, devices=devices)
   batch = _batch(2, 2)
   compiled = runner.compile_train_step(runner.put_state(state), batch)
@@ -190,7 +191,7 @@ class _ListIterator:
 def test_device_prefetch_runs_ahead_but_reports_the_consumed_position(size):
   source = _ListIterator(range(5))
   placed = []
-  prefetch = train_step.DevicePrefetch(source, lambda b: placed.append(b) or -b, size)
+  prefetch = parallel_lib.DevicePrefetch(source, lambda b: placed.append(b) or -b, size)
   assert prefetch.get_state() == 0 and placed == []
   assert next(prefetch) == (0, 0)
   assert placed == list(range(min(size + 1, 5)))  # the step's batch and `size` more, placed
@@ -198,7 +199,7 @@ def test_device_prefetch_runs_ahead_but_reports_the_consumed_position(size):
   assert list(prefetch) == [(b, -b) for b in range(1, 5)]
   assert prefetch.get_state() == 5 and placed == list(range(5))
   with pytest.raises(ValueError, match="prefetch size -1"):
-    train_step.DevicePrefetch(_ListIterator([0]), lambda b: b, -1)
+    parallel_lib.DevicePrefetch(_ListIterator([0]), lambda b: b, -1)
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
@@ -206,10 +207,10 @@ def test_prefetched_batches_give_the_same_steps(parallel):
   devices = jax.devices()[:2]
   batches = [_batch(2, 2, seed=s) for s in range(3)]
   model, tx, sc, state = _setup()
-  runner = train_step.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
+  runner = parallel_lib.Runner(train_step.make_train_step(model, tx, sc), train_step.make_eval_step(model, sc),
                              parallel, devices=devices)
   prefetched = runner.put_state(state)
-  for _, placed in train_step.DevicePrefetch(_ListIterator(batches), runner.put_batch, 2):
+  for _, placed in parallel_lib.DevicePrefetch(_ListIterator(batches), runner.put_batch, 2):
     prefetched, _ = runner.train_step_placed(prefetched, placed)
   reference = _run(parallel, devices, batches)[0]
   assert _max_diff(runner.host_state(prefetched)["params"], reference["params"]) == 0.0
