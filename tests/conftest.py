@@ -30,3 +30,15 @@ def _one_large_model_at_a_time(request, tmp_path_factory):
       yield
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_models():
+  """The training-system tests' tiny models (blastjax.testing.tiny), registered for the
+  session only: importing a helper registers nothing, and the test over every registered
+  model (collected before this runs) sees the library's models alone."""
+  from blastjax.testing import tiny  # after the XLA flags above
+
+  tiny.register_tiny_models()
+  yield tiny.TINY_MODELS
+  tiny.unregister_tiny_models()

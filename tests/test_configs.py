@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-import train_helpers as th
+from blastjax.testing import tiny as th
 from blastjax import config_presets, config_validation, models, train
+from tests.helpers import LARGE_MODEL
 
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(th.REPO, "configs", "*.py"))
                       if not os.path.basename(p).startswith("_"))
@@ -97,7 +98,7 @@ def test_prepare_expands_home_in_every_path_field(tmp_path, monkeypatch):
 def test_smoke_variant_reads_folder_data(tmp_path):
   """`:smoke` sizes the simulator; with --config.dataset=folder they are dropped, so the
   run reads the folder build (not one named folder_px72_min120.0_n96_p24)."""
-  from test_layouts import make_folder_tree
+  from tests.helpers.layouts import make_folder_tree
 
   from blastjax import main
   from blastjax.data import build
@@ -133,7 +134,7 @@ LARGE = {"vit_l_16", "wide_resnet101", "resnext101", "resnet152", "wide_resnet50
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=th.LARGE_MODEL) if n in LARGE else n
+@pytest.mark.parametrize("name", [pytest.param(n, marks=LARGE_MODEL) if n in LARGE else n
                                   for n in CONFIG_FILES])
 def test_smoke_variant_trains_a_step(name, tmp_path_factory, release_compiled):
   data_dir = th.build_small_dataset(str(tmp_path_factory.getbasetemp() / "configs_data"))

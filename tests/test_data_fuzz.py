@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from blastjax.data import build, dataset, layouts
-from test_layouts import encode, jpeg, make_folder_tree, read_all
+from tests.helpers.layouts import encode, jpeg, make_folder_tree, read_all
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -155,7 +155,7 @@ def test_cli_build_never_crashes(tmp_path_factory, noise, skip_invalid):
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.text(max_size=80), st.text(max_size=80), st.binary(max_size=40))
 def test_gomez_csv_files_under_fuzz(tmp_path_factory, times_text, phases_text, raw):
-  from test_layouts import make_gomez_tree
+  from tests.helpers.layouts import make_gomez_tree
   root = make_gomez_tree(str(tmp_path_factory.mktemp("gz") / "g"))
   with open(os.path.join(root, "embryo_dataset_time_elapsed", "AA83-8_timeElapsed.csv"), "w",
             encoding="utf-8", errors="surrogateescape") as f:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from blastjax.data import build, dataset
-from test_layouts import make_folder_tree, make_gomez_tree
+from tests.helpers.layouts import make_folder_tree, make_gomez_tree
 
 TINY = {"num_embryos": 8, "num_patients": 3, "image_size": 32, "interval_minutes": 480.0}
 

@@ -16,11 +16,11 @@ import optax
 import pytest
 from PIL import Image
 
-import train_helpers as th
-from blastjax import config_validation, models, optim, parallel, train_step
+from blastjax.testing import tiny as th
+from blastjax import config_validation, models, parallel, train_step
 from blastjax import feature_cache
 from blastjax.data import pipeline, sampling
-from test_pipeline import MemorySource, _encode
+from tests.helpers.sources import MemorySource, encode_array
 
 CUTOFF = 9.0  # frames at about 2, 4, 6, 8 h are observed, 10 .. 20 h are the future
 MODES = {
@@ -40,7 +40,7 @@ def with_future_changed(source, cutoff, seed=1):
     for t in np.flatnonzero(np.asarray(example["hours"]) > cutoff):
       for p in range(example["frames"].shape[1]):
         shape = np.asarray(Image.open(io.BytesIO(example["frames"][t, p]))).shape
-        example["frames"][t, p] = _encode((rng.random(shape) * 255).astype(np.uint8))
+        example["frames"][t, p] = encode_array((rng.random(shape) * 255).astype(np.uint8))
   return changed
 
 

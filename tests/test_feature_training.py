@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-import test_predict
-import train_helpers as th
+from tests.helpers.layouts import write_embryo_folder
+from blastjax.testing import tiny as th
 from blastjax import config_validation, main, predict, train_data
 from blastjax import feature_cache
 
@@ -54,7 +54,7 @@ def test_predict_matches_the_evaluation(run, tmp_path):
   with open(os.path.join(workdir, "predictions.csv")) as f:
     row = next(csv.DictReader(f))
   example = source[list(source.metadata()["embryo_ids"]).index(row["embryo_id"])]
-  folder = test_predict._write_folder(str(tmp_path), example)
+  folder = write_embryo_folder(str(tmp_path), example)
   result = predict.predict_embryo(workdir, folder)
   assert result["prob_blast"] == pytest.approx(float(row["prob_blast"]), abs=2e-6)
   assert result["by_hours"][40.0] == pytest.approx(float(row["prob_blast_40h"]), abs=2e-6)

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-import train_helpers as th
+from blastjax.testing import tiny as th
 from blastjax import main, parallel, train
 
 

@@ -7,8 +7,8 @@ import pytest
 from blastjax import models
 from blastjax.models import densenet
 from blastjax.testing import param_count
-from test_models_resnet import (assert_case_parity, assert_gradient_step_lowers_the_loss,
-                                assert_train_steps_lower_the_loss, convert_case)
+from tests.helpers.torchvision_parity import (assert_case_parity, assert_gradient_step_lowers_the_loss,
+                                              assert_train_steps_lower_the_loss, convert_case)
 
 NAMES = ["densenet121", "densenet169", "densenet201"]
 

@@ -11,7 +11,7 @@ import pytest
 from blastjax import models, weights
 from blastjax.models import hara_resnet3d
 from blastjax.testing import golden, param_count
-import video_checks
+from tests.helpers import video_checks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 CASES = ("hara_resnet3d_18", "hara_resnet3d_34", "hara_resnet3d_50", "hara_resnet3d_50_options")

@@ -11,7 +11,7 @@ import pytest
 from blastjax import models, weights
 from blastjax.models import mfnet
 from blastjax.testing import golden, param_count
-import video_checks
+from tests.helpers import video_checks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 

@@ -11,7 +11,7 @@ import torchvision
 from blastjax import models, weights
 from blastjax.models import torch_compat, video_resnet
 from blastjax.testing import param_count
-import video_checks
+from tests.helpers import video_checks
 
 NAMES = ("r3d_18", "mc3_18", "r2plus1d_18")
 # torchvision's parameter counts with num_classes=2 (paper Table 4: 33.15M, 11.47M, 31.30M).

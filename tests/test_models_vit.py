@@ -16,7 +16,7 @@ from blastjax import models, weights
 from blastjax.models import vit
 from blastjax.testing import param_count
 from blastjax.testing.golden import golden_state_dict
-from train_helpers import LARGE_MODEL
+from tests.helpers import LARGE_MODEL
 
 
 

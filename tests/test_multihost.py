@@ -6,7 +6,7 @@ import re
 import socket
 import subprocess
 
-import train_helpers as th
+from blastjax.testing import tiny as th
 
 
 def _free_port():

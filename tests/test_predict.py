@@ -2,16 +2,15 @@
 errors for input the model cannot take, printed adaptations otherwise."""
 
 import csv
-import io
 import os
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
-from PIL import Image
 
-import train_helpers as th
+from blastjax.testing import tiny as th
+from tests.helpers.layouts import write_embryo_folder
 from blastjax import main, predict, train_data
 
 
@@ -28,36 +27,14 @@ def run(tmp_path_factory):
   return workdir, source[index], row
 
 
-def _write_folder(root, example, resize=None, planes=None, frames=None):
-  folder = os.path.join(root, example["embryo_id"])
-  offsets = list(example["focal_planes"])
-  for p, offset in enumerate(offsets):
-    if planes is not None and offset not in planes:
-      continue
-    os.makedirs(os.path.join(folder, f"F{offset}"), exist_ok=True)
-    for t, hours in enumerate(example["hours"][:frames]):
-      data = bytes(example["frames"][t, p])
-      if resize:
-        image = Image.open(io.BytesIO(data)).resize((resize, resize))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data = buffer.getvalue()
-      name = f"{t:04d}_{float(hours):.4f}h.{'png' if resize else 'jpg'}"
-      with open(os.path.join(folder, f"F{offset}", name), "wb") as f:
-        f.write(data)
-  return folder
-
-
 def test_same_probability_as_the_evaluation(run, tmp_path):
   workdir, example, row = run
-  folder = _write_folder(str(tmp_path), example)
+  folder = write_embryo_folder(str(tmp_path), example)
   result = predict.predict_embryo(workdir, folder)
   assert result["prob_blast"] == pytest.approx(float(row["prob_blast"]), abs=2e-6)
   assert result["by_hours"][40.0] == pytest.approx(float(row["prob_blast_40h"]), abs=2e-6)
   assert result["notes"] == []
-  done = subprocess.run([*th.main_command()[:2], "import sys; sys.path.insert(0, %r); import train_helpers; "
-                         "from blastjax import predict; predict.entry()" % th.HERE,
-                         "--workdir", workdir, "--embryo_dir", folder],
+  done = subprocess.run(th.predict_command("--workdir", workdir, "--embryo_dir", folder),
                         env=th.subprocess_env(), capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert f"embryo {example['embryo_id']}: P(blast) = {result['prob_blast']:.4f}" in done.stdout
@@ -66,13 +43,13 @@ def test_same_probability_as_the_evaluation(run, tmp_path):
 
 def test_mismatched_input_is_refused_or_adapted_visibly(run, tmp_path):
   workdir, example, _ = run
-  no_center = _write_folder(str(tmp_path / "a"), example, planes=[-15, 15])
+  no_center = write_embryo_folder(str(tmp_path / "a"), example, planes=[-15, 15])
   with pytest.raises(predict.PredictError, match="no central plane F0"):
     predict.predict_embryo(workdir, no_center)
-  bigger = _write_folder(str(tmp_path / "b"), example, resize=48)
+  bigger = write_embryo_folder(str(tmp_path / "b"), example, resize=48)
   result = predict.predict_embryo(workdir, bigger)
   assert any("48x48" in note and "resized to 16" in note for note in result["notes"])
-  short = _write_folder(str(tmp_path / "c"), example, frames=2)
+  short = write_embryo_folder(str(tmp_path / "c"), example, frames=2)
   result = predict.predict_embryo(workdir, short, hours=[1.0, 200.0])
   assert any("only 2 frames observed; the model takes 4: frames repeated" in n for n in result["notes"])
   assert 0.0 <= result["prob_blast"] <= 1.0
@@ -83,7 +60,7 @@ def test_mismatched_input_is_refused_or_adapted_visibly(run, tmp_path):
 
 def test_no_frame_before_a_cutoff_is_not_a_number(run, tmp_path):
   workdir, example, _ = run
-  folder = _write_folder(str(tmp_path), example)
+  folder = write_embryo_folder(str(tmp_path), example)
   first = float(example["hours"][0])
   result = predict.predict_embryo(workdir, folder, hours=[first / 2 if first > 0 else -1.0])
   assert list(result["by_hours"].values()) == [None]

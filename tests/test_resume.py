@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import train_helpers as th
+from blastjax.testing import tiny as th
 from blastjax import rundir, train
 
 STEPS = 40

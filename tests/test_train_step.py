@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-import train_helpers as th
+from blastjax.testing import tiny as th
 from blastjax import models, optim, pretrained, train_step
 from blastjax import parallel as parallel_lib
 from blastjax.models import registry

@@ -9,10 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 
-import train_helpers as th
+from blastjax.testing import tiny as th
 from blastjax import main, train_data
 from blastjax.data import dataset
-from test_layouts import make_folder_tree
+from tests.helpers.layouts import make_folder_tree
 
 # embryo, patient, label, split: two embryos marked test, one validation.
 ROWS = [("E1", "P1", "blast", "train"), ("E2", "P1", "non_blast", "test"), ("E3", "P2", "blast", "train"),

@@ -8,10 +8,10 @@ Importing this package needs only jax, flax and numpy.
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from blastjax.models.registry import ModelSpec, create, get_spec, list_models, register
+from blastjax.models.registry import ModelSpec, create, get_spec, list_models, register, unregister
 
 for _module in _pkgutil.iter_modules(__path__):
   if _module.name != "registry" and not _module.name.startswith("_"):
     _importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["ModelSpec", "create", "get_spec", "list_models", "register"]
+__all__ = ["ModelSpec", "create", "get_spec", "list_models", "register", "unregister"]

@@ -149,3 +149,9 @@ def create(name: str, num_classes: int = 2, **kwargs: Any) -> nn.Module:
 def list_models(input_kind: Optional[str] = None) -> list[str]:
   """Every registered name, sorted; optionally only those of one input kind."""
   return sorted(n for n, s in _REGISTRY.items() if input_kind in (None, s.input_kind))
+
+
+def unregister(name: str) -> None:
+  """Removes a registered model (test-only models registered for one test session)."""
+  get_spec(name)  # the known-names error for a name never registered
+  del _REGISTRY[name]

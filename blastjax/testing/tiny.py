@@ -1,24 +1,26 @@
-"""Tiny models and configs for the training-system tests (fast to compile on CPU).
+"""Tiny models and configs for testing the training system (fast to compile on CPU).
 
-Registered on import under names starting with `tiny_`; subprocess tests import this
-module (by path) before running blastjax.main.
+The models `tiny_image`, `tiny_video` and `tiny_per_step` enter the global registry
+only when asked (`register_tiny_models`, undone by `unregister_tiny_models`): the test
+suite's conftest registers them for its session, and the command lines built by
+`main_command` / `predict_command` register them in the child process before running
+blastjax's CLI. Nothing is registered by importing this module.
 """
 
+from __future__ import annotations
+
 import os
+import sys
 
 import flax.linen as nn
 import jax.numpy as jnp
-import pytest
 
 from blastjax import models
 from blastjax.config_validation import default_config
+from blastjax.data import dataset
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-
-# Tests whose process peaks at 5-11 GB (ViT-L, the 100+-layer ResNets): conftest.py makes
-# them take turns across xdist workers, so two never overlap on CI's 24 GB.
-LARGE_MODEL = pytest.mark.large_model
+TINY_MODELS = ("tiny_image", "tiny_video", "tiny_per_step")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class TinyCNN(nn.Module):
@@ -56,7 +58,8 @@ class TinyCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
 
 
-def _register():
+def register_tiny_models() -> None:
+  """Registers the tiny models (idempotent)."""
   if "tiny_image" in models.list_models():
     return
   models.register("tiny_image", input_kind="image", min_image_size=8)(
@@ -67,7 +70,10 @@ def _register():
       lambda num_classes=2, **kw: TinyCNN(num_classes=num_classes, per_step=True, **kw))
 
 
-_register()
+def unregister_tiny_models() -> None:
+  for name in TINY_MODELS:
+    models.unregister(name)
+
 
 SMALL_DATASET = {"num_embryos": 32, "num_patients": 8, "image_size": 32, "interval_minutes": 240.0,
                  "horizon_hours": 80.0}
@@ -98,33 +104,40 @@ def tiny_config(model="tiny_video", **overrides):
 
 def build_small_dataset(data_dir: str) -> str:
   """Builds the small synthetic dataset of the tests into `data_dir` (seconds)."""
-  from blastjax.data import dataset
-
   dataset.ensure_built("synthetic", data_dir, verbose=False, **SMALL_DATASET)
   return data_dir
 
 
 def write_config_file(path: str, model: str = "tiny_video", **overrides) -> str:
-  """A config file for blastjax.main that returns tiny_config(model, **overrides)."""
+  """A config file for blastjax.main that registers the tiny models and returns
+  tiny_config(model, **overrides)."""
   with open(path, "w") as f:
-    f.write("import sys\n"
-            f"sys.path.insert(0, {HERE!r})\n"
-            "import train_helpers\n\n\n"
+    f.write("from blastjax.testing import tiny\n\n"
+            "tiny.register_tiny_models()\n\n\n"
             "def get_config(arg=None):\n"
-            f"  return train_helpers.tiny_config({model!r}, **{overrides!r})\n")
+            f"  return tiny.tiny_config({model!r}, **{overrides!r})\n")
   return path
+
+
+def _command(module: str, *args) -> list:
+  script = ("from blastjax.testing import tiny; tiny.register_tiny_models(); "
+            f"import sys; sys.argv[0] = {module!r}; from blastjax import {module.split('.')[-1]}; "
+            f"{module.split('.')[-1]}.entry()")
+  return [sys.executable, "-c", script, *args]
 
 
 def main_command(*args) -> list:
   """The command line of `python -m blastjax.main` with the tiny models registered."""
-  import sys
+  return _command("blastjax.main", *args)
 
-  script = (f"import sys; sys.path.insert(0, {HERE!r}); import train_helpers; "
-            "from blastjax import main; sys.argv[0] = 'blastjax.main'; main.entry()")
-  return [sys.executable, "-c", script, *args]
+
+def predict_command(*args) -> list:
+  """The command line of `python -m blastjax.predict` with the tiny models registered."""
+  return _command("blastjax.predict", *args)
 
 
 def subprocess_env(devices: int = 1) -> dict:
+  """A child process's environment: CPU, `devices` fake devices, this checkout importable."""
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"

@@ -1,0 +1,1 @@
+"""blastjax's test suite (a package, so its shared helpers import as `tests.helpers`)."""
