@@ -6,7 +6,7 @@ jax, flax and numpy:
 - `blastjax.models`: Flax model zoo and registry (`create`, `list_models`).
 - `blastjax.weights`: PyTorch state_dict -> Flax variables.
 - `blastjax.data`: synthetic embryos, TFDS dataset access, splits, grain pipeline.
-- `blastjax.train`, `blastjax.evaluate`, `blastjax.main`: training and evaluation.
+- `blastjax.train`, `blastjax.evaluate` (metrics), `blastjax.results` (their files), `blastjax.main`: training and evaluation.
 """
 
 __version__ = "0.1.0"

@@ -13,12 +13,16 @@ from typing import Optional
 SAMPLINGS = ("last_frame", "uniform", "segments", "clip", "sliding_windows")
 FOCAL_PLANES = ("center", "axis", "channels")
 SCHEDULES = ("constant", "cosine", "plateau")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 DTYPES = ("float32", "bfloat16")
 PARALLEL = ("pmap", "shard_map")
 SPLITS = ("paper", "dataset", "patient")
 EVAL_CHECKPOINTS = ("best", "last")
 BEST_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1_macro")
 NORMALIZATIONS = ("imagenet", "kinetics", "symmetric", "none")
+# 'cross_entropy' trains a 2-output softmax head; the others one sigmoid output.
+LOSSES = ("cross_entropy", "weighted_mse", "bce")
+ONE_OUTPUT_LOSSES = ("weighted_mse", "bce")
 # Fields holding a path: `~` is expanded in each (prepare).
 PATH_FIELDS = ("data_dir", "manual_dir", "feature_cache_dir", "init_from", "feature_weights")
 # dataset_options that only the synthetic simulator reads (the folder and gomez2022
@@ -35,6 +39,26 @@ class ConfigError(ValueError):
     super().__init__("\n".join(self.problems))
 
 
+def augmentation_section(preset: str = "benchmark"):
+  """`config.augmentation`: a preset of blastjax.data.augment.PRESETS and every
+  AugmentConfig field as a typed placeholder (None = the preset's value).
+
+  Typed placeholders because ml_collections refuses a command-line override of a plain
+  None field; with them `--config.augmentation.hflip_prob=0` parses as a float, and a
+  field left None follows the preset, so `--config.augmentation.preset=hara` alone
+  changes every field not set explicitly."""
+  import ml_collections
+  from ml_collections import config_dict
+
+  from blastjax.data import augment
+
+  section = ml_collections.ConfigDict()
+  section.preset = preset
+  for name, kind in augment.FIELD_TYPES.items():
+    section[name] = config_dict.placeholder(kind)
+  return section
+
+
 def default_config():
   """Every config field with its default; blastjax.config_presets builds the paper's setups on it."""
   import ml_collections
@@ -49,7 +73,11 @@ def default_config():
   c.batch_size = 32               # global, over every device of every process
   c.eval_batch_size = 32
   c.learning_rate = 1e-3
-  c.weight_decay = 1e-5
+  c.weight_decay = 1e-5           # adamw: decoupled; adam / sgd: coupled L2 (torch's weight_decay)
+  c.optimizer = "adamw"           # 'adamw', 'adam' or 'sgd'
+  c.momentum = 0.9                # sgd only; 0 = plain SGD
+  c.nesterov = False              # sgd only; needs momentum > 0
+  c.kernel_l2 = 0.0               # Keras l2(λ) on kernels: the loss gains λ·Σ kernel²
   c.num_epochs = 500
   c.num_steps = 0                 # > 0 overrides num_epochs
   c.image_size = 400
@@ -62,7 +90,8 @@ def default_config():
   c.focal_planes = "center"
   c.rgb = True
   c.normalization = "imagenet"
-  c.augment = True
+  c.augment = True                # False = no augmentation (preset 'none')
+  c.augmentation = augmentation_section()  # preset + AugmentConfig overrides (docs/pipeline.md)
   c.dtype = "float32"
   c.parallel = "pmap"
   c.num_devices = 0               # devices per process to use; 0 = all of them
@@ -75,18 +104,20 @@ def default_config():
   c.schedule = "constant"
   c.warmup_steps = 0
   c.plateau_factor = 0.1
-  c.plateau_patience = 10         # epochs without improvement of the epoch-mean training loss
+  c.plateau_patience = 10         # validations without improvement of the validation loss
   c.grad_clip_norm = 0.0          # 0 = no clipping
   c.class_weights = "none"        # 'none', 'balanced' or 'w0,w1'
   c.aux_loss_weight = 0.4         # Inception-v3 auxiliary head, when the model returns one
+  c.loss = "cross_entropy"        # or one sigmoid output: 'weighted_mse' (seizure paper), 'bce'
   c.feature_extractor = "i3d"     # input kind 'features': the video model run once per embryo
   c.feature_weights = ""          # its converted weights (blastjax.weights); '' = seeded random init
   c.feature_cache_dir = ""        # '' = <workdir>/features
   c.init_from = ""                # converted pretrained weights (blastjax.weights.load_variables)
+  c.init_skip = ()                # glob patterns ('params/fc/*',) of leaves init_from leaves fresh
   c.freeze = ""                   # freeze every parameter created before this module name
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
-  c.eval_every_steps = 500        # validation (if any) and best checkpoint
+  c.eval_every_steps = 500        # validation (if any) and best checkpoint; 0 = once per epoch
   c.best_metric = "auc"
   c.eval_checkpoint = "best"      # 'best' (falls back to last without validation) or 'last'
   c.early_hours = ()              # hours-observed cut-offs for the early-prediction curve
@@ -110,6 +141,10 @@ def _type_problems(config) -> list:
     if key in ("model_kwargs", "dataset_options"):
       if not hasattr(value, "keys"):
         problems.append(f"config.{key}={value!r}: expected a dict of keyword arguments")
+      continue
+    if key == "augmentation":  # its fields: _augmentation_problems
+      if not hasattr(value, "keys"):
+        problems.append(f"config.augmentation={value!r}: expected a dict (a preset and AugmentConfig fields)")
       continue
     if isinstance(want, bool):
       ok = isinstance(value, bool)
@@ -137,10 +172,10 @@ def _range_problems(c) -> list:
     need(c[key] in choices, f"config.{key}={c[key]!r}: choose one of {', '.join(choices)}")
 
   for key in ("batch_size", "eval_batch_size", "image_size", "num_frames", "keep_checkpoints",
-              "checkpoint_every_steps", "eval_every_steps", "log_every_steps", "num_folds"):
+              "checkpoint_every_steps", "log_every_steps", "num_folds"):
     need(c[key] > 0, f"config.{key}={c[key]}: must be positive")
   for key in ("num_steps", "clip_length", "window_stride", "warmup_steps", "worker_count", "seed",
-              "split_seed", "num_devices", "prefetch_to_device"):
+              "split_seed", "num_devices", "prefetch_to_device", "eval_every_steps"):
     need(c[key] >= 0, f"config.{key}={c[key]}: must be >= 0")
   need(c.num_steps > 0 or c.num_epochs > 0, f"config.num_epochs={c.num_epochs} with num_steps=0: one must be positive")
   need(c.learning_rate > 0, f"config.learning_rate={c.learning_rate}: must be positive")
@@ -149,6 +184,7 @@ def _range_problems(c) -> list:
   need(0 <= c.validation_fraction < 1, f"config.validation_fraction={c.validation_fraction}: must be in [0, 1)")
   need(0 < c.plateau_factor < 1, f"config.plateau_factor={c.plateau_factor}: must be in (0, 1)")
   need(c.plateau_patience >= 1, f"config.plateau_patience={c.plateau_patience}: must be >= 1")
+  problems += _optimizer_problems(c)
   need(c.segment_hours > 0, f"config.segment_hours={c.segment_hours}: must be positive")
   need(c.aux_loss_weight >= 0, f"config.aux_loss_weight={c.aux_loss_weight}: must be >= 0")
   one_of("sampling", SAMPLINGS)
@@ -175,8 +211,31 @@ def _range_problems(c) -> list:
       problems.append(f"config.class_weights={c.class_weights!r}: use 'none', 'balanced' or 'w0,w1'")
   if c.init_from:
     need(os.path.exists(c.init_from), f"config.init_from={c.init_from!r}: no such file or directory")
+  need(all(isinstance(p, str) and p for p in c.init_skip),
+       f"config.init_skip={tuple(c.init_skip)!r}: give glob patterns over '/'-joined variable "
+       "paths, as non-empty strings, e.g. ('params/fc/*',)")
   if c.manual_dir:
     need(os.path.isdir(c.manual_dir), f"config.manual_dir={c.manual_dir!r}: not a directory")
+  return problems
+
+
+def _optimizer_problems(c) -> list:
+  """optimizer, momentum, nesterov, kernel_l2, and plateau's need of a validation split."""
+  problems = []
+  if c.optimizer not in OPTIMIZERS:
+    problems.append(f"config.optimizer={c.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+  if not 0 <= c.momentum < 1:
+    problems.append(f"config.momentum={c.momentum}: must be in [0, 1)")
+  if c.nesterov and c.optimizer != "sgd":
+    problems.append(f"config.nesterov=True: only optimizer='sgd' uses it (optimizer={c.optimizer!r}); "
+                    "set nesterov=False or optimizer='sgd'")
+  elif c.nesterov and c.momentum <= 0:
+    problems.append(f"config.nesterov=True needs momentum > 0 (momentum={c.momentum}); set momentum or nesterov=False")
+  if c.kernel_l2 < 0:
+    problems.append(f"config.kernel_l2={c.kernel_l2}: must be >= 0 (0 = off)")
+  if c.schedule == "plateau" and c.validation_fraction <= 0 and c.split != "dataset":
+    problems.append("config.schedule='plateau' with validation_fraction=0: reduce-on-plateau follows the "
+                    "validation loss; set validation_fraction > 0 or another schedule")
   return problems
 
 
@@ -210,12 +269,112 @@ def _model_problems(c) -> list:
     problems.append(f"config.focal_planes='axis': model {c.model!r} takes [.., H, W, C]; use 'center' or 'channels'")
   if kind == "features":
     problems += _feature_problems(c)
+  problems += _loss_problems(c)
+  if not problems:
+    problems += _model_kwargs_problems(c)
   if spec.per_step and c.eval_sampling == "sliding_windows":
     problems.append(f"config.eval_sampling='sliding_windows': model {c.model!r} predicts per step; "
                     "evaluate it on whole sequences")
   if c.sampling == "clip" and (c.eval_sampling or c.sampling) == "clip":
     problems.append("config.sampling='clip' needs eval_sampling='sliding_windows' (or 'uniform') "
                     "to cover the whole sequence at evaluation")
+  return problems
+
+
+def _model_kwargs_problems(c) -> list:
+  """model_kwargs the model's builder does not take (today a TypeError at the first step)."""
+  from blastjax import models
+
+  kwargs = dict(c.model_kwargs)
+  kwargs.setdefault("num_classes", 1 if c.loss in ONE_OUTPUT_LOSSES else 2)
+  try:
+    models.create(c.model, **kwargs)  # builds the module object only: no parameters
+  except (TypeError, ValueError) as error:
+    return [f"config.model_kwargs={dict(c.model_kwargs)!r}: model {c.model!r} refuses them ({error})"]
+  return []
+
+
+# Simulator options that count or measure something: they must be positive.
+_POSITIVE_SIMULATOR_OPTIONS = ("num_embryos", "num_patients", "image_size", "interval_minutes", "horizon_hours")
+
+
+def _simulator_problems(c) -> list:
+  """dataset_options of the synthetic simulator: numbers where numbers go, positive, and
+  no more patients than embryos (names and types of the options: the builder's check)."""
+  if c.dataset != "synthetic":
+    return []
+  options, problems = dict(c.dataset_options), []
+  for key in _POSITIVE_SIMULATOR_OPTIONS:
+    if key not in options:
+      continue
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+      problems.append(f"config.dataset_options.{key}={value!r}: must be a positive number")
+  embryos, patients = options.get("num_embryos"), options.get("num_patients")
+  if not problems and embryos and patients and patients > embryos:
+    problems.append(f"config.dataset_options.num_patients={patients} > num_embryos={embryos}: a patient "
+                    "needs at least one embryo")
+  return problems
+
+
+# The largest share of this machine's memory one process's input batch may take: the
+# network's activations need several times as much again.
+MEMORY_SHARE = 0.25
+
+
+def input_batch_bytes(c) -> int:
+  """Bytes of the float32 input batch of one training step (all devices of a process)."""
+  planes = 3 if c.focal_planes in ("axis", "channels") else 1  # the central three, or all: 3 as a floor
+  channels = 3 if c.rgb else 1
+  frames = max(1, c.num_frames)
+  return int(c.batch_size) * frames * planes * channels * int(c.image_size) ** 2 * 4
+
+
+def _memory_problems(c) -> list:
+  """A step whose input batch alone would take more than MEMORY_SHARE of this machine's
+  memory cannot run: refuse it before building anything (an estimate, from the shapes)."""
+  try:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return []
+  need = input_batch_bytes(c)
+  if need <= MEMORY_SHARE * total:
+    return []
+  return [f"config.image_size={c.image_size} with batch_size={c.batch_size} and num_frames={c.num_frames}: "
+          f"one input batch alone is {need / 2**30:.1f} GiB, more than {MEMORY_SHARE:.0%} of this machine's "
+          f"{total / 2**30:.0f} GiB; lower image_size, batch_size or num_frames"]
+
+
+def _loss_problems(c) -> list:
+  """`loss` and the head width: a one-output loss needs model_kwargs.num_classes 1 (or
+  unset: the trainer derives it from the loss), cross-entropy needs 2."""
+  if c.loss not in LOSSES:
+    return [f"config.loss={c.loss!r}: choose one of {', '.join(LOSSES)}"]
+  want = 1 if c.loss in ONE_OUTPUT_LOSSES else 2
+  have = c.model_kwargs.get("num_classes", want)
+  if have == want:
+    return []
+  if want == 1:
+    return [f"config.model_kwargs.num_classes={have!r} with loss={c.loss!r}: a one-output loss needs "
+            "num_classes=1 (or leave num_classes out: it follows config.loss)"]
+  return [f"config.model_kwargs.num_classes={have!r} with loss='cross_entropy': the softmax loss needs "
+          "num_classes=2; for one sigmoid output set loss='bce' or 'weighted_mse'"]
+
+
+def _augmentation_problems(c) -> list:
+  """config.augmentation: a known preset, known fields within AugmentConfig's ranges
+  (blastjax.data.augment holds them), temporal scales only with clip sampling."""
+  from blastjax.data import augment
+
+  section = c.get("augmentation")
+  problems = augment.section_problems(section)
+  if problems or not c.augment:
+    return problems
+  scales = augment.resolve(section).temporal_scales
+  if scales != (1.0,) and c.sampling != "clip":
+    problems.append(f"config.augmentation.temporal_scales={scales} (preset {section.get('preset')!r}) with "
+                    f"sampling={c.sampling!r}: temporal scales resample clips; set sampling='clip' or "
+                    "augmentation.preset='hara'")
   return problems
 
 
@@ -280,7 +439,8 @@ def validate(config, num_devices: Optional[int] = None) -> list:
   if problems:
     return problems
   config = prepare(config)
-  problems = _range_problems(config) + _model_problems(config)
+  problems = (_range_problems(config) + _augmentation_problems(config) + _model_problems(config)
+              + _simulator_problems(config) + _memory_problems(config))
   if num_devices:
     for key in ("batch_size", "eval_batch_size"):
       if config[key] > 0 and config[key] % num_devices:

@@ -3,23 +3,20 @@
 Binary metrics (accuracy, balanced accuracy, ROC-AUC, sensitivity, specificity, macro
 precision/recall/F1, confusion matrix), the early-prediction curve (metrics when only
 the first X hours are observed, and the area under the accuracy curve), clip-probability
-averaging for sliding-window evaluation, k-fold aggregation, and the files a run leaves
-in its workdir: metrics.json, predictions.csv, roc.png, confusion_matrix.png,
-calibration.png, early_prediction.png. Every evaluation also carries what makes a small
-test set readable: 95% bootstrap intervals (`ci95`), the Brier score and the ECE.
+averaging for sliding-window evaluation and k-fold aggregation. Every evaluation also
+carries what makes a small test set readable: 95% bootstrap intervals (`ci95`, and per
+cut-off on the early-prediction curve), the Brier score and the ECE. The files and plots
+they become: blastjax.results, blastjax.plots.
 
 Class 1 is `blast` (the positive class): sensitivity is the recall of blasts,
 specificity the recall of non-blasts. `probs` are P(blast) = softmax(logits)[..., 1].
-Everything here is numpy; matplotlib is imported only to draw.
+Everything here is numpy.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -138,6 +135,14 @@ def brier_score(labels, probs) -> float:
   return float(np.mean((probs - labels) ** 2))
 
 
+def binary_cross_entropy(labels, probs, eps: float = 1e-7) -> float:
+  """Mean binary cross-entropy of P(blast) against the label, P clipped to [eps, 1 - eps]
+  (a confident mistake costs -log(eps) ~ 16, not infinity)."""
+  labels, probs = _check_labels_probs(labels, probs)
+  p = np.clip(probs.astype(np.float64), eps, 1.0 - eps)
+  return float(-np.mean(labels * np.log(p) + (1.0 - labels) * np.log1p(-p)))
+
+
 def expected_calibration_error(labels, probs, num_bins: int = 10) -> float:
   """ECE of P(blast): over `num_bins` equal-width bins of P(blast) in [0, 1], the
   example-weighted mean of |fraction of blasts - mean P(blast)| (the gaps that the
@@ -145,6 +150,36 @@ def expected_calibration_error(labels, probs, num_bins: int = 10) -> float:
   points = reliability_bins(labels, probs, num_bins)
   total = sum(count for _, _, count in points)
   return float(sum(count * abs(fraction - mean) for mean, fraction, count in points) / total)
+
+
+def bootstrap_resamples(groups, num_resamples: int = 1000, seed: int = 0):
+  """Yields `num_resamples` index arrays into the embryos, each a resample of the groups
+  with replacement (every embryo of a group drawn k times appears k times). Seeded: the
+  same groups and seed give the same resamples, so two statistics resampled with the
+  same seed (the test metrics and the early-prediction curve) see the same draws."""
+  _, group_of = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)
+  num_groups = int(group_of.max()) + 1
+  rng = np.random.default_rng(seed)
+  for _ in range(num_resamples):
+    times = np.bincount(rng.integers(0, num_groups, num_groups), minlength=num_groups)[group_of]
+    yield np.repeat(np.arange(group_of.size), times)
+
+
+def percentile_interval(values, level: float = 0.95) -> list:
+  """[low, high] percentile interval of the finite `values` (NaN, NaN when none is)."""
+  values = np.asarray(values, np.float64)
+  values = values[np.isfinite(values)]
+  if not values.size:
+    return [float("nan"), float("nan")]
+  tail = (1.0 - level) / 2.0
+  return [float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))]
+
+
+def _groups_of(labels, groups) -> np.ndarray:
+  groups = np.arange(labels.size) if groups is None else np.asarray(groups).reshape(-1)
+  if groups.shape != labels.shape:
+    raise ValueError(f"groups ({groups.size}) and labels ({labels.size}) differ in length")
+  return groups
 
 
 def bootstrap_intervals(labels, probs, groups=None, threshold: float = 0.5, num_resamples: int = 1000,
@@ -157,27 +192,12 @@ def bootstrap_intervals(labels, probs, groups=None, threshold: float = 0.5, num_
   is undefined (AUC with one class drawn) is left out of that metric's interval.
   """
   labels, probs = _check_labels_probs(labels, probs)
-  groups = np.arange(labels.size) if groups is None else np.asarray(groups).reshape(-1)
-  if groups.shape != labels.shape:
-    raise ValueError(f"groups ({groups.size}) and labels ({labels.size}) differ in length")
-  _, group_of = np.unique(groups, return_inverse=True)
-  num_groups = int(group_of.max()) + 1
-  rng = np.random.default_rng(seed)
   draws = {name: [] for name in INTERVAL_METRICS}
-  for _ in range(num_resamples):
-    times = np.bincount(rng.integers(0, num_groups, num_groups), minlength=num_groups)[group_of]
-    chosen = np.repeat(np.arange(labels.size), times)
+  for chosen in bootstrap_resamples(_groups_of(labels, groups), num_resamples, seed):
     resampled = classification_metrics(labels[chosen], probs[chosen], threshold)
     for name in INTERVAL_METRICS:
       draws[name].append(resampled[name])
-  tail = (1.0 - level) / 2.0
-  intervals = {}
-  for name, values in draws.items():
-    values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
-    intervals[name] = ([float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))]
-                       if values.size else [float("nan"), float("nan")])
-  return intervals
+  return {name: percentile_interval(values, level) for name, values in draws.items()}
 
 
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -234,12 +254,18 @@ def evaluation_metrics(labels, probs, groups=None, group_name: str = "embryos",
   return metrics
 
 
-def early_prediction(labels, probs_by_hours: Mapping[float, Sequence[float]],
-                     threshold: float = 0.5) -> dict:
+def early_prediction(labels, probs_by_hours: Mapping[float, Sequence[float]], threshold: float = 0.5,
+                     intervals: bool = False, groups=None, group_name: str = "embryos", seed: int = 0) -> dict:
   """Accuracy and AUC when only the first X hours are observed, for each cut-off X.
 
   `area_under_accuracy_curve` is the trapezoidal area under accuracy(hours), divided by
   the hours spanned, so it is a mean accuracy over the observation window (in [0, 1]).
+  `area_under_accuracy_curve_from_0h` divides the same area by the last cut-off instead
+  (hours from 0), as AMSNet's Table 1 "AUC" (its rows reproduce to 1e-4).
+
+  With `intervals`, `ci95` holds the 95% bootstrap interval [low, high] of accuracy and
+  AUC at each cut-off (early_intervals: embryos resampled, or `groups`, as the test
+  metrics' `ci95`), and `ci95_resampled` says of what.
   """
   if not probs_by_hours:
     raise ValueError("early_prediction needs at least one hours cut-off")
@@ -250,12 +276,39 @@ def early_prediction(labels, probs_by_hours: Mapping[float, Sequence[float]],
   auc = [m["auc"] for m in per_cutoff]
   if len(hours) > 1:
     area = float(np.trapezoid(accuracy, hours) / (hours[-1] - hours[0]))
+    area_from_0h = float(np.trapezoid(accuracy, hours) / hours[-1])
   else:
-    area = float(accuracy[0])
-  return {"hours": hours, "accuracy": accuracy, "auc": auc,
-          "sensitivity": [m["sensitivity"] for m in per_cutoff],
-          "specificity": [m["specificity"] for m in per_cutoff],
-          "area_under_accuracy_curve": area}
+    area = area_from_0h = float(accuracy[0])
+  curve = {"hours": hours, "accuracy": accuracy, "auc": auc,
+           "sensitivity": [m["sensitivity"] for m in per_cutoff],
+           "specificity": [m["specificity"] for m in per_cutoff],
+           "area_under_accuracy_curve": area, "area_under_accuracy_curve_from_0h": area_from_0h,
+           "num_embryos": per_cutoff[0]["num_examples"]}
+  if intervals:
+    curve["ci95"] = early_intervals(labels, [by_float[h] for h in hours], groups, threshold, seed=seed)
+    curve["ci95_resampled"] = group_name if groups is not None else "embryos"
+  return curve
+
+
+def early_intervals(labels, probs_per_cutoff: Sequence[Sequence[float]], groups=None, threshold: float = 0.5,
+                    num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+  """{"accuracy": [[low, high] per cut-off], "auc": [...]}: percentile bootstrap
+  intervals of each cut-off's accuracy and AUC.
+
+  Every cut-off is scored on the same resamples (bootstrap_resamples with `seed`, as
+  bootstrap_intervals draws them), so a cut-off whose probabilities are the full
+  video's gets the test metrics' ci95 of accuracy and AUC.
+  """
+  labels = np.asarray(labels).astype(np.int64).reshape(-1)
+  probs = [_check_labels_probs(labels, p)[1] for p in probs_per_cutoff]
+  correct = [(p >= threshold).astype(np.int64) == labels for p in probs]
+  draws = {"accuracy": [[] for _ in probs], "auc": [[] for _ in probs]}
+  for chosen in bootstrap_resamples(_groups_of(labels, groups), num_resamples, seed):
+    for i, p in enumerate(probs):
+      draws["accuracy"][i].append(float(correct[i][chosen].mean()))
+      draws["auc"][i].append(roc_auc(labels[chosen], p[chosen]))
+  return {name: [percentile_interval(values, level) for values in per_cutoff]
+          for name, per_cutoff in draws.items()}
 
 
 def average_by_example(example_index, probs) -> tuple[np.ndarray, np.ndarray]:
@@ -306,160 +359,9 @@ def format_metrics(metrics: Mapping[str, object], keys=("accuracy", "auc", "sens
   return " ".join(parts)
 
 
-def _json_ready(value):
-  """NaN/inf become null: metrics.json stays valid JSON for every reader."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, Mapping):
-    return {str(k): _json_ready(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_ready(v) for v in value]
-  if isinstance(value, np.generic):
-    return _json_ready(value.item())
-  return value
-
-
-def write_json(path: str, payload: Mapping[str, object]) -> None:
-  """Writes JSON atomically (temp file + rename), so a crash never leaves half a file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(_json_ready(payload), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def write_predictions(path: str, rows: Sequence[Mapping[str, object]]) -> None:
-  """Per-embryo predictions as CSV (columns from the first row, in order), atomically."""
-  if not rows:
-    raise ValueError(f"no predictions to write to {path}")
-  columns = list(rows[0].keys())
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-  os.replace(tmp, path)
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def plot_roc(path: str, labels, probs, title: str = "ROC", threshold: float = 0.5) -> None:
-  """Saves the ROC curve with its AUC, the operating point at `threshold` and n as a PNG."""
-  plt = _pyplot()
-  fpr, tpr, _ = roc_curve(labels, probs)
-  point = classification_metrics(labels, probs, threshold)
-  fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-  ax.plot(fpr, tpr, lw=2, label=f"AUC = {roc_auc(labels, probs):.3f}")
-  ax.plot([1 - point["specificity"]], [point["sensitivity"]], "o", color="C3",
-          label=f"threshold {threshold:g}")
-  ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
-  ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{title} (n = {point['num_examples']})",
-         xlim=(0, 1), ylim=(0, 1.01))
-  ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
-def plot_confusion_matrix(path: str, labels, probs, threshold: float = 0.5, title: str = "") -> None:
-  """Saves the confusion matrix at `threshold` (rows: true class) as a PNG."""
-  plt = _pyplot()
-  metrics = classification_metrics(labels, probs, threshold)
-  matrix = np.asarray(metrics["confusion_matrix"])
-  fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
-  ax.imshow(matrix, cmap="Blues", vmin=0)
-  for (row, col), count in np.ndenumerate(matrix):
-    ax.text(col, row, str(count), ha="center", va="center",
-            color="white" if count > matrix.max() / 2 else "black")
-  ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-         xlabel="predicted", ylabel="true",
-         title=f"{title + ', ' if title else ''}threshold {threshold:g} (n = {metrics['num_examples']})")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
 def reliability_bins(labels, probs, num_bins: int = 10) -> list:
   """(mean P(blast), fraction of blasts, count) of each non-empty equal-width bin."""
   labels, probs = _check_labels_probs(labels, probs)
   bins = np.minimum((probs * num_bins).astype(np.int64), num_bins - 1)
   return [(float(probs[bins == b].mean()), float(labels[bins == b].mean()), int((bins == b).sum()))
           for b in np.unique(bins)]
-
-
-def plot_calibration(path: str, labels, probs, title: str = "") -> None:
-  """Saves the reliability diagram (fraction of blasts against mean P(blast) per bin,
-  marker size by count) with the ECE and the Brier score as a PNG."""
-  plt = _pyplot()
-  points = reliability_bins(labels, probs)
-  fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-  ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect calibration")
-  ax.plot([p for p, _, _ in points], [f for _, f, _ in points], "-", color="C0")
-  ax.scatter([p for p, _, _ in points], [f for _, f, _ in points], s=[12 + 8 * c for _, _, c in points],
-             color="C0", label="bins of 0.1 (size: embryos)")
-  ax.set(xlabel="mean P(blast)", ylabel="fraction of blasts", xlim=(0, 1), ylim=(0, 1.01),
-         title=f"{title + ': ' if title else ''}ECE {expected_calibration_error(labels, probs):.3f}, "
-               f"Brier {brier_score(labels, probs):.3f} (n = {len(np.asarray(labels))})")
-  ax.legend(loc="upper left", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
-def plot_early_prediction(path: str, early: Mapping[str, Sequence[float]]) -> None:
-  """Saves accuracy and AUC against hours observed as a PNG."""
-  plt = _pyplot()
-
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  ax.plot(early["hours"], early["accuracy"], marker="o", label="accuracy")
-  auc = [np.nan if a is None else a for a in early["auc"]]
-  ax.plot(early["hours"], auc, marker="s", label="AUC")
-  ax.axhline(0.5, ls="--", color="gray", lw=1)
-  ax.set(xlabel="hours observed", ylabel="score", ylim=(0, 1.01),
-         title=f"Early prediction (area under accuracy = {early['area_under_accuracy_curve']:.3f})")
-  ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
-def write_evaluation(workdir: str, metrics: Mapping[str, object],
-                     predictions: Sequence[Mapping[str, object]],
-                     early: Optional[Mapping[str, object]] = None,
-                     labels=None, probs=None) -> dict:
-  """Writes metrics.json, predictions.csv and the plots into `workdir`.
-
-  `predictions` rows carry at least `label` and `prob_blast` (plus embryo_id, patient_id,
-  ...); the ROC plot is drawn from them unless `labels`/`probs` are given. Returns the
-  paths written, by kind.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  paths = {"metrics": os.path.join(workdir, "metrics.json"),
-           "predictions": os.path.join(workdir, "predictions.csv"),
-           "roc": os.path.join(workdir, "roc.png")}
-  payload = dict(metrics)
-  if early is not None:
-    payload["early_prediction"] = dict(early)
-  write_json(paths["metrics"], payload)
-  write_predictions(paths["predictions"], predictions)
-  if labels is None:
-    labels = [int(r["label"]) for r in predictions]
-    probs = [float(r["prob_blast"]) for r in predictions]
-  if len(set(np.asarray(labels).tolist())) == 2:
-    plot_roc(paths["roc"], labels, probs)
-  else:
-    del paths["roc"]
-  paths["confusion_matrix"] = os.path.join(workdir, "confusion_matrix.png")
-  plot_confusion_matrix(paths["confusion_matrix"], labels, probs)
-  paths["calibration"] = os.path.join(workdir, "calibration.png")
-  plot_calibration(paths["calibration"], labels, probs)
-  if early is not None:
-    paths["early_prediction"] = os.path.join(workdir, "early_prediction.png")
-    plot_early_prediction(paths["early_prediction"], early)
-  return paths

@@ -113,12 +113,19 @@ class Evaluator:
 
   def evaluate(self, state, indices, early: bool = True, intervals: bool = True):
     """(metrics, per-embryo rows, early-prediction curve or None) of a split; without
-    the bootstrap intervals when `intervals` is False (1,000 resamples per call)."""
+    the bootstrap intervals (of the metrics and of each cut-off of the curve) when
+    `intervals` is False (1,000 resamples per call).
+
+    `loss` is the mean binary cross-entropy of the final per-embryo P(blast) (windows
+    averaged, temperature applied) against the labels -- not the training loss of the
+    step's rows; reduce-on-plateau follows it on the validation split.
+    """
     index, probs = self.probabilities(state, indices)
     labels = self.data.labels[index]
     groups = self.patient_groups(index) if intervals else None
     metrics = evaluate.evaluation_metrics(labels, probs, groups, group_name="patients",
                                           intervals=intervals)
+    metrics["loss"] = evaluate.binary_cross_entropy(labels, probs)
     metrics["calibrated"] = self.temperature != 1.0
     metrics["temperature"] = self.temperature
     metrics["num_embryos"] = int(index.size)
@@ -129,4 +136,6 @@ class Evaluator:
     for hours, cut_probs in by_hours.items():
       for row, p in zip(rows, cut_probs):
         row[f"prob_blast_{hours:g}h"] = float(p)
-    return metrics, rows, evaluate.early_prediction(labels, by_hours)
+    # Intervals per cut-off on the test metrics' resamples (patients when they are kept apart).
+    return metrics, rows, evaluate.early_prediction(labels, by_hours, intervals=intervals, groups=groups,
+                                                    group_name="patients")

@@ -135,16 +135,24 @@ def checked_source(config, mode: str):
 
 
 def run(config, workdir: str, mode: str) -> dict:
-  from blastjax import rundir, train  # heavy (jax, orbax, grain), as in preflight
+  from blastjax import rundir, train, train_data  # heavy (jax, orbax, grain), as in preflight
 
   if mode == "evaluate":
-    return train.evaluate_workdir(workdir)
+    try:
+      return train.evaluate_workdir(workdir)
+    except train_data.NotBuiltError as error:
+      raise UsageError(str(error)) from error
   source = checked_source(config, mode)
   rundir.check_writable(workdir)
-  rundir.write_config(workdir, config)
-  if mode == "cross_validation":
-    return train.cross_validate(config, workdir, source=source)
-  return train.train_and_evaluate(config, workdir, source)
+  try:
+    with rundir.training_lock(workdir):
+      rundir.check_resume(workdir, config)
+      rundir.record_config(workdir, config)
+      if mode == "cross_validation":
+        return train.cross_validate(config, workdir, source=source)
+      return train.train_and_evaluate(config, workdir, source)
+  except rundir.RunDirError as error:
+    raise UsageError(str(error)) from error
 
 
 def main(argv) -> None:
@@ -172,6 +180,10 @@ def main(argv) -> None:
     fail(str(error), 2)
   except (rundir.CheckpointError, train.NonFiniteLossError) as error:
     fail(str(error), 1)
+  except OSError as error:  # a full disk or a read-only folder while writing results
+    where = f"{error.filename}: " if error.filename else ""
+    fail(f"{where}{error.strerror or error}: free disk space or fix the permissions and rerun the same "
+         "command (it resumes; result files are replaced whole, never left half-written)", 1)
 
 
 def config_flag(argv):

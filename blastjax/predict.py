@@ -18,9 +18,12 @@ training; fewer frames than the model takes are repeated (uniform sampling) or l
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from typing import Optional
 
+import flax
 import jax
 import numpy as np
 from absl import app, flags
@@ -38,6 +41,10 @@ def define_flags() -> None:
   flags.DEFINE_list("hours", None, "Hours-observed cut-offs (default: the config's early_hours).")
   flags.DEFINE_enum("checkpoint", "", ["", "best", "last"],
                     "Which checkpoint (default: the config's eval_checkpoint).")
+  flags.DEFINE_bool("explain", False, "Also explain the prediction (docs/explain.md): integrated gradients "
+                    "per frame, Grad-CAM or attention-rollout maps of the key frames.")
+  flags.DEFINE_string("explain_dir", "", "Where --explain writes (default <workdir>/explain/<embryo_id>).")
+  flags.DEFINE_integer("explain_frames", 3, "Key frames (largest attribution) --explain draws.")
 
 
 class PredictError(ValueError):
@@ -87,6 +94,7 @@ class Predictor:
   """A trained model of a workdir, applied to one embryo at a time (one device)."""
 
   def __init__(self, workdir: str, checkpoint: str = ""):
+    self.workdir = workdir
     try:
       self.config = rundir.read_config(workdir, "blastjax.predict")
     except rundir.RunDirError as error:
@@ -138,7 +146,13 @@ class Predictor:
       return ({k: np.asarray(v)[None] for k, v in batch.items()} for batch in self._loader(example, hours))
 
     evaluator = Evaluator(self.runner, loader, gather=False, temperature=self.temperature)
-    _, probs = evaluator.probabilities(self.state, [0], observe_hours)
+    try:
+      _, probs = evaluator.probabilities(self.state, [0], observe_hours)
+    except (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError) as error:
+      raise PredictError(f"{self.workdir}/config.json builds model {self.config.model!r}, whose parameters do "
+                         f"not fit the checkpoint ({str(error).splitlines()[0][:200]}): that config.json is "
+                         "not this run's; restore it (config_history.jsonl keeps every config the run was "
+                         "started with)") from None
     return float(probs[0])
 
 
@@ -191,15 +205,39 @@ def format_result(result: dict) -> str:
   return "\n".join(lines)
 
 
+def parse_hours(values) -> Optional[list]:
+  """--hours as positive finite numbers (None when not given); ValueError naming the bad one."""
+  if not values:
+    return None
+  hours = []
+  for value in values:
+    try:
+      number = float(value)
+    except ValueError:
+      raise ValueError(f"--hours={','.join(values)}: {value!r} is not a number of hours (e.g. --hours 30,50,70)") from None
+    if not math.isfinite(number) or number <= 0:
+      raise ValueError(f"--hours={','.join(values)}: {value!r} must be a positive, finite number of hours")
+    hours.append(number)
+  return hours
+
+
 def main(argv) -> None:
   del argv
   FLAGS = flags.FLAGS
   if not FLAGS.workdir or not FLAGS.embryo_dir:
     print("error: --workdir and --embryo_dir are required", file=sys.stderr)
     sys.exit(2)
-  hours = [float(h) for h in FLAGS.hours] if FLAGS.hours else None
+  try:
+    hours = parse_hours(FLAGS.hours)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   try:
     print(format_result(predict_embryo(FLAGS.workdir, FLAGS.embryo_dir, hours, FLAGS.checkpoint)))
+    if FLAGS.explain:
+      from blastjax.explain import report  # only with --explain: predict's output is otherwise unchanged
+      print(report.format_explanation(report.explain_embryo(
+          FLAGS.workdir, FLAGS.embryo_dir, FLAGS.explain_dir, FLAGS.checkpoint, FLAGS.explain_frames)))
   except PredictError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)

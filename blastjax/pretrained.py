@@ -1,9 +1,20 @@
 """A run's initial variables: a fresh init of the model, with config.init_from's
-converted weights (blastjax.weights) merged in."""
+converted weights (blastjax.weights) merged in.
+
+The merge is strict: every leaf of the model must come from the checkpoint, with its
+shape, unless it matches one of the glob patterns of `config.init_skip` or of the
+checkpoint's `meta.json` (`init_skip`: what the conversion left out on purpose, e.g.
+the dropped head or everything outside an embedded backbone); those keep their fresh
+initialisation. A checkpoint leaf the model lacks is an error too. Patterns are
+`fnmatch` globs over '/'-joined paths that start with the collection
+('params/fc/*', 'batch_stats/mfs/*'); `*` also matches '/'.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -12,6 +23,10 @@ from flax import traverse_util
 from blastjax import weights
 
 logger = logging.getLogger(__name__)
+
+
+class InitFromError(ValueError):
+  """Converted weights that do not fill the model: unfilled, mis-shaped or unknown leaves."""
 
 
 def init_variables(config, model, spec, sample_batch: dict) -> dict:
@@ -25,32 +40,71 @@ def init_variables(config, model, spec, sample_batch: dict) -> dict:
   return merge_init_from(config, variables) if config.init_from else variables
 
 
-def merge_pretrained(variables: dict, loaded: dict) -> tuple[dict, int, list]:
-  """Copies every loaded leaf whose path and shape match; returns (merged, count, skipped).
+def matches(path: str, patterns: Sequence[str]) -> bool:
+  return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
-  Converted weights may lack (or have another shape of) the classifier head: those
-  leaves keep their fresh initialisation and are listed in `skipped`.
+
+def _flat(tree) -> dict:
+  flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(tree)))
+  return {"/".join(map(str, k)): (k, v) for k, v in flat.items()}
+
+
+def merge_pretrained(variables: dict, loaded: dict, skip: Sequence[str] = ()) -> tuple[dict, int, list]:
+  """`variables` with every leaf taken from `loaded`; returns (merged, loaded count, kept fresh).
+
+  Leaves whose '/'-joined path matches a pattern of `skip` keep their fresh value (and
+  are listed in `kept fresh`), whatever `loaded` holds for them. Any other leaf that
+  `loaded` lacks or holds in another shape, and any leaf of `loaded` the model lacks,
+  is an `InitFromError` naming the leaves.
   """
-  flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, variables))
-  source = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(loaded)))
-  copied, skipped = 0, []
-  for key, value in flat.items():
-    other = source.get(key)
-    if other is not None and other.shape == value.shape:
-      flat[key] = other.astype(value.dtype)
-      copied += 1
+  fresh, source = _flat(variables), _flat(loaded)
+  merged, kept, unfilled, wrong = {}, [], [], []
+  for path, (key, value) in fresh.items():
+    other = source.get(path, (None, None))[1]
+    if matches(path, skip):
+      kept.append(path)
+    elif other is None:
+      unfilled.append(path)
+    elif other.shape != value.shape:
+      wrong.append(f"{path}: checkpoint {other.shape}, model {value.shape}")
     else:
-      skipped.append("/".join(map(str, key)))
-  return traverse_util.unflatten_dict(flat), copied, skipped
+      value = other.astype(value.dtype)
+    merged[key] = value
+  unknown = [p for p in source if p not in fresh and not matches(p, skip)]
+  if unfilled or wrong or unknown:
+    raise InitFromError(_merge_problems(sorted(unfilled), sorted(wrong), sorted(unknown)))
+  return traverse_util.unflatten_dict(merged), len(fresh) - len(kept), kept
+
+
+def _merge_problems(unfilled: list, wrong: list, unknown: list) -> str:
+  lines = []
+  for title, items in (("model leaves the checkpoint does not fill", unfilled),
+                       ("leaves of another shape", wrong),
+                       ("checkpoint leaves the model lacks", unknown)):
+    if items:
+      lines.append(f"{title} ({len(items)}): " + "; ".join(items[:12])
+                   + (" ..." if len(items) > 12 else ""))
+  return ("\n  ".join(lines) + "\nLeaves meant to start fresh (a new head, layers the checkpoint "
+          "has not got) are named by glob patterns in config.init_skip, e.g. "
+          "('params/fc/*',); anything else means the checkpoint was converted for another "
+          "model or kwargs (scripts/convert_weights.py --model M [--source S]).")
 
 
 def merge_init_from(config, variables: dict) -> dict:
-  """`variables` with config.init_from's converted weights merged in."""
-  loaded, _ = weights.load_variables(config.init_from)
-  variables, copied, skipped = merge_pretrained(variables, loaded)
-  if copied == 0:
-    raise ValueError(f"config.init_from={config.init_from!r}: no variable matches model {config.model!r} "
-                     "(converted for another model?)")
-  logger.info("init_from: %d variables loaded, %d kept fresh (%s%s)", copied, len(skipped),
-              ", ".join(skipped[:4]), " ..." if len(skipped) > 4 else "")
+  """`variables` with config.init_from's converted weights merged in (strictly, see above)."""
+  loaded, meta = weights.load_variables(config.init_from)
+  recorded = tuple(meta.get("init_skip", ()))
+  requested = tuple(config.get("init_skip", ()) or ())
+  try:
+    variables, copied, kept = merge_pretrained(variables, loaded, recorded + requested)
+  except InitFromError as error:
+    converted = f" (converted for model {meta['model']!r})" if meta.get("model") else ""
+    raise InitFromError(f"config.init_from={config.init_from!r}{converted} does not fit model "
+                        f"{config.model!r}:\n  {error}") from None
+  unused = [p for p in recorded + requested if not any(fnmatch.fnmatchcase(k, p) for k in kept)]
+  logger.info("init_from %s: %d leaves loaded, %d kept fresh; skipped %s (meta.json), %s "
+              "(config.init_skip)", config.init_from, copied, len(kept),
+              list(recorded) or "nothing", list(requested) or "nothing")
+  if unused:
+    logger.warning("init_from: init_skip patterns %s match no leaf of model %r", unused, config.model)
   return variables

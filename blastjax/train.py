@@ -23,9 +23,9 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from blastjax import config_validation, evaluate, rundir, train_step
+from blastjax import config_validation, evaluate, optim, results, rundir, train_step
 from blastjax.evaluator import Evaluator
-from blastjax.train_data import (Data, cross_validation_folds, data_info, make_data, open_source,
+from blastjax.train_data import (Data, SplitError, cross_validation_folds, data_info, make_data, open_source,
                                  reads_features, split_notes, steps_per_epoch, train_loader, with_features)
 from blastjax.parallel import DevicePrefetch, Runner, metrics_to_host
 
@@ -53,12 +53,35 @@ class MetricLog:
     if not enabled:
       return
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
-      with open(self.path, "w") as f:
+      kept = self._lines_up_to(start_step)
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
         f.writelines(kept)
+      os.replace(tmp, self.path)
     from tensorboardX import SummaryWriter  # heavy (protobuf); only process 0 writes
     self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+
+  def _lines_up_to(self, step: int) -> list:
+    """The log's complete lines of steps <= `step`. A cut-off last line (what a full disk
+    or a kill mid-write leaves) is dropped with a warning; a damaged line elsewhere is an
+    error naming it."""
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        if number == len(lines) and not line.endswith("\n"):
+          logger.warning("%s: dropped its cut-off last line (%d bytes)", self.path, len(line))
+          continue
+        raise rundir.RunDirError(f"{self.path} line {number} is not JSON ({line[:80]!r}): repair or delete "
+                         "that line, then rerun") from None
+      if row.get("step", 0) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    return kept
 
   def write(self, step: int, kind: str, values: dict) -> None:
     if not self.enabled:
@@ -72,6 +95,36 @@ class MetricLog:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
+
+
+class TrainWindow:
+  """The train metrics of the steps since the last train row, summed, so that the row
+  is their mean (`window_steps` of them) rather than one batch's.
+
+  Its state travels in every checkpoint's meta: a window cut by a resume (a checkpoint
+  between two log steps) ends with the row of an uninterrupted run, exactly (the sums
+  are Python floats, which JSON round-trips).
+  """
+
+  def __init__(self, state=None):
+    state = state or {}
+    self.count = int(state.get("count", 0))
+    self.sums = {key: float(value) for key, value in state.get("sums", {}).items()}
+
+  def add(self, values: dict) -> None:
+    for key, value in values.items():
+      self.sums[key] = self.sums.get(key, 0.0) + float(value)
+    self.count += 1
+
+  def take(self) -> dict:
+    """The means of the window and its number of steps; starts the next window."""
+    means = {key: total / self.count for key, total in self.sums.items()}
+    means["window_steps"] = self.count
+    self.count, self.sums = 0, {}
+    return means
+
+  def state_dict(self) -> dict:
+    return {"count": self.count, "sums": dict(self.sums)}
 
 
 # ---------------------------------------------------------------------------- the model
@@ -130,12 +183,16 @@ def _non_finite_params(host: dict) -> list:
 
 class _Saver:
   """Checkpoints the loop's state: the last k with the data position (resume), and the
-  best validation state. The best value so far travels in the latest checkpoint's meta,
-  so a resumed run compares against the same best as the uninterrupted one."""
+  best validation state. The best value so far and the plateau tracker's state travel
+  in the latest checkpoint's meta, so a resumed run compares against the same best and
+  reduces the learning rate at the same validation as the uninterrupted one."""
 
-  def __init__(self, checkpoints: rundir.Checkpoints, runner: Runner, meta: dict):
-    self.checkpoints, self.runner = checkpoints, runner
+  def __init__(self, checkpoints: rundir.Checkpoints, runner: Runner, meta: dict, plateau=None):
+    self.checkpoints, self.runner, self.plateau = checkpoints, runner, plateau
     self.best_value, self.best_step = meta.get("best_value"), meta.get("best_step")
+    self.window = TrainWindow(meta.get("train_window"))  # the loop's logging window
+    if plateau is not None and meta.get("plateau") is not None:
+      plateau.load_state_dict(meta["plateau"])
 
   def checkpoint(self, step: int, state, iterator, evaluated) -> None:
     host = self.runner.host_state(state)
@@ -149,8 +206,11 @@ class _Saver:
       self.best_value, self.best_step = float(evaluated), step
       self.checkpoints.save_best(step, host, float(evaluated))
     iterators = _gather_text(_iterator_state(iterator))
-    self.checkpoints.save(step, host, {"step": step, "data_iterators": iterators,
-                                       "best_value": self.best_value, "best_step": self.best_step})
+    meta = {"step": step, "data_iterators": iterators, "best_value": self.best_value, "best_step": self.best_step,
+            "train_window": self.window.state_dict()}
+    if self.plateau is not None:
+      meta["plateau"] = self.plateau.state_dict()
+    self.checkpoints.save(step, host, meta)
 
 
 def _resume(checkpoints: rundir.Checkpoints, loader, host_state: dict, workdir: str):
@@ -170,28 +230,73 @@ def _resume(checkpoints: rundir.Checkpoints, loader, host_state: dict, workdir: 
   return restored, iterator, meta
 
 
+def eval_every(config, epoch_steps: int) -> int:
+  """Steps between validations: `eval_every_steps`, or one epoch when it is 0."""
+  return config.eval_every_steps or epoch_steps
+
+
+def _plateau(config, data: Data):
+  """The run's reduce-on-plateau tracker (None unless schedule='plateau'); it needs a
+  validation split, which split='dataset' may lack whatever validation_fraction says."""
+  plateau = optim.Plateau.for_config(config)
+  if plateau is not None and data.validation.size == 0:
+    raise SplitError(f"config.schedule='plateau' follows the validation loss, but the run has no validation "
+                     f"split (split={config.split!r}, validation_fraction={config.validation_fraction}); "
+                     "set validation_fraction > 0 or another schedule")
+  return plateau
+
+
+def _rate(schedule, step: int, scale: float) -> float:
+  """The rate step `step` used: the schedule at the optimizer's count (step - 1) times the
+  plateau scale in force. Steps skipped by skip_nonfinite do not advance the optimizer's
+  count; this count does, so after one it runs ahead by the skipped steps."""
+  return float(schedule(step - 1)) * scale
+
+
 def train(config, workdir: str, data: Data) -> tuple[Evaluator, dict]:
   """Trains (resuming from workdir/checkpoints); returns the run's evaluator and the host
-  state to evaluate (best validation checkpoint or last, per config.eval_checkpoint)."""
+  state to evaluate (best validation checkpoint or last, per config.eval_checkpoint).
+
+  Validation runs every `eval_every` steps (once per epoch when eval_every_steps=0);
+  with schedule='plateau' each validation's loss steps the plateau tracker, whose scale
+  the loop writes into the optimizer state for the following steps.
+  """
   config, workdir = prepared(config, workdir)
-  lead = jax.process_index() == 0
   epoch_steps = steps_per_epoch(config, data)
   steps = total_steps(config, epoch_steps)
+  plateau = _plateau(config, data)
   loader = train_loader(config, data)
   built, evaluator = build(config, data, next(iter(loader)), steps, epoch_steps)
   checkpoints = rundir.Checkpoints(workdir, config.keep_checkpoints)
+  try:  # closed on every way out: an open orbax manager left to the interpreter's exit
+    # prints asyncio "Event loop is closed" tracebacks after the error message
+    template = _loop(config, workdir, data, loader, built, evaluator, checkpoints, plateau, steps, epoch_steps)
+    return evaluator, evaluated_state(config, checkpoints, template)
+  finally:
+    checkpoints.close()
+
+
+def _loop(config, workdir: str, data: Data, loader, built, evaluator: Evaluator, checkpoints: rundir.Checkpoints,
+          plateau, steps: int, epoch_steps: int) -> dict:
+  """The steps from the resumed position to `steps`; returns the last host state."""
+  lead = jax.process_index() == 0
+  every = eval_every(config, epoch_steps)
   host_state, iterator, meta = _resume(checkpoints, loader, built.state, workdir)
   iterator = DevicePrefetch(iterator, built.runner.put_batch, config.prefetch_to_device)
-  saver = _Saver(checkpoints, built.runner, meta)
+  saver = _Saver(checkpoints, built.runner, meta, plateau)
+  schedule = optim.learning_rate_schedule(config, steps)
   start = int(host_state["step"])
   state = built.runner.put_state(host_state)
   # Placed: the host copy would only hold memory (on CPU, as much again as the state).
   built.state = host_state = None
   metric_log = MetricLog(workdir, start, enabled=lead)
   pending = []
+  window = saver.window
 
   def flush():
-    for step, metrics, example_index in pending:
+    """Checks each pending step's metrics, adds them to the window and writes the
+    window's means at log steps (a skipped step adds nothing and writes no row)."""
+    for step, metrics, example_index, scale in pending:
       values = metrics_to_host(metrics)
       if not values["finite"]:
         if config.skip_nonfinite:
@@ -203,15 +308,24 @@ def train(config, workdir: str, data: Data) -> tuple[Evaluator, dict]:
             f"embryos {ids}. Stopped; the last good checkpoint is step {checkpoints.latest_step()} in "
             f"{workdir}/checkpoints. Lower learning_rate, set grad_clip_norm, check those embryos' images, "
             "or set config.skip_nonfinite=True to skip such steps")
-      if lead and (step % config.log_every_steps == 0 or step == steps):
-        values.pop("finite")
-        metric_log.write(step, "train", values)
+      values.pop("finite")
+      window.add(values)
+      if step % config.log_every_steps == 0 or step == steps:
+        means = window.take()
+        if lead:
+          metric_log.write(step, "train", {**means, "learning_rate": _rate(schedule, step, scale)})
     pending.clear()
 
-  def validation_value(step, state):
+  def validate(step, state):
+    """(the best_metric value, the state with the plateau scale the next steps use)."""
     val_metrics, _, _ = evaluator.evaluate(state, data.validation, early=False, intervals=False)
     metric_log.write(step, "validation", {k: v for k, v in val_metrics.items() if isinstance(v, (int, float))})
-    return float(np.nan_to_num(val_metrics[config.best_metric], nan=-1.0))
+    if plateau is not None and plateau.step(val_metrics["loss"]):
+      logger.info("step %d: validation loss %.4f, no improvement for %d validations: learning rate x %g "
+                  "(scale %g)", step, val_metrics["loss"], config.plateau_patience + 1, plateau.factor,
+                  plateau.scale)
+      state = {**state, "opt_state": optim.set_plateau_scale(state["opt_state"], plateau.scale)}
+    return float(np.nan_to_num(val_metrics[config.best_metric], nan=-1.0)), state
 
   bar = tqdm(total=steps, initial=start, disable=not (lead and config.progress), dynamic_ncols=True,
              desc=config.model, unit="step")
@@ -221,9 +335,9 @@ def train(config, workdir: str, data: Data) -> tuple[Evaluator, dict]:
       batch, placed = next(iterator)
       state, metrics = built.runner.train_step_placed(state, placed)
       pending.append((step, metrics, np.asarray(batch["example_index"]).reshape(-1)[
-          np.asarray(batch["valid"]).reshape(-1)]))
+          np.asarray(batch["valid"]).reshape(-1)], plateau.scale if plateau is not None else 1.0))
       bar.update(1)
-      do_eval = data.validation.size > 0 and (step % config.eval_every_steps == 0 or step == steps)
+      do_eval = data.validation.size > 0 and (step % every == 0 or step == steps)
       do_save = step % config.checkpoint_every_steps == 0 or step == steps or do_eval
       if step % config.log_every_steps == 0 or do_save:
         last_metrics = metrics_to_host(pending[-1][1])
@@ -231,18 +345,15 @@ def train(config, workdir: str, data: Data) -> tuple[Evaluator, dict]:
         rate = (step - tic_step) / max(time.perf_counter() - tic, 1e-9)
         bar.set_postfix(loss=f"{last_metrics['loss']:.4f}", steps_per_s=f"{rate:.2f}")
       if do_save:
-        saver.checkpoint(step, state, iterator, validation_value(step, state) if do_eval else None)
+        evaluated = None
+        if do_eval:
+          evaluated, state = validate(step, state)
+        saver.checkpoint(step, state, iterator, evaluated)
     flush()
   finally:
     bar.close()
     metric_log.close()
-  template = built.runner.host_state(state)
-  del state
-  try:
-    final = evaluated_state(config, checkpoints, template)
-  finally:
-    checkpoints.close()
-  return evaluator, final
+  return built.runner.host_state(state)
 
 
 def evaluated_state(config, checkpoints: rundir.Checkpoints, template: dict) -> dict:
@@ -257,9 +368,12 @@ def evaluated_state(config, checkpoints: rundir.Checkpoints, template: dict) -> 
 # ---------------------------------------------------------------------------- run modes
 
 
-def _report_test(workdir: str, metrics: dict, rows: list, curve) -> None:
+def _report_test(workdir: str, metrics: dict, rows: list, curve, model: str = "") -> None:
+  """Writes the test evaluation's files and plots (titles: `model`, metrics['step'], n)
+  and training_curves.png from metrics.jsonl, and logs the metrics line."""
   if jax.process_index() == 0:
-    evaluate.write_evaluation(workdir, metrics, rows, early=curve)
+    results.write_evaluation(workdir, metrics, rows, early=curve, model=model)
+    results.write_training_curves(workdir, model)
   logger.info("test (%d embryos): %s%s", metrics["num_embryos"], evaluate.format_metrics(metrics),
               f" early-prediction area={curve['area_under_accuracy_curve']:.3f}" if curve else "")
 
@@ -281,7 +395,7 @@ def train_and_evaluate(config, workdir: str, source=None, train_idx=None, test_i
   _calibrate(evaluator, placed, data, workdir, int(final["step"]))
   metrics, rows, curve = evaluator.evaluate(placed, data.test)
   metrics["step"] = int(final["step"])
-  _report_test(workdir, metrics, rows, curve)
+  _report_test(workdir, metrics, rows, curve, config.model)
   return {**metrics, **({"early_prediction": curve} if curve else {})}
 
 
@@ -316,13 +430,14 @@ def evaluate_workdir(workdir: str, config=None) -> dict:
   if config is None:
     config = rundir.read_config(workdir, "--mode evaluate")
   config = config_validation.prepare(config)
-  data = with_features(config, workdir, make_data(config, open_source(config)))
+  # The config came from the workdir: its paths are data, so nothing is built outside it.
+  data = with_features(config, workdir, make_data(config, open_source(config, build=False)), build=False)
   evaluator, state = restore_for_evaluation(config, workdir, data)
   calibration = rundir.read_calibration(workdir, int(state["step"]))
   evaluator.temperature = calibration["temperature"] if calibration else 1.0
   metrics, rows, curve = evaluator.evaluate(evaluator.runner.put_state(state), data.test)
   metrics["step"] = int(state["step"])
-  _report_test(workdir, metrics, rows, curve)
+  _report_test(workdir, metrics, rows, curve, config.model)
   return metrics
 
 
@@ -353,7 +468,7 @@ def cross_validate(config, workdir: str, source=None) -> dict:
   summary = evaluate.aggregate_folds(fold_metrics)
   summary["num_folds"] = len(folds)
   if jax.process_index() == 0:
-    evaluate.write_evaluation(workdir, summary, rows, labels=[int(r["label"]) for r in rows],
-                              probs=[float(r["prob_blast"]) for r in rows])
+    results.write_evaluation(workdir, summary, rows, labels=[int(r["label"]) for r in rows],
+                              probs=[float(r["prob_blast"]) for r in rows], model=config.model)
   logger.info("cross-validation (%d folds): %s", len(folds), evaluate.format_metrics(summary))
   return summary

@@ -36,10 +36,25 @@ class Data:
   patient_ids: np.ndarray
 
 
-def open_source(config):
-  """Builds the dataset on first use (process 0) and opens it."""
+class NotBuiltError(ValueError):
+  """A command that must not build (--mode evaluate) found the dataset or cache missing."""
+
+
+def open_source(config, build: bool = True):
+  """Builds the dataset on first use (process 0) and opens it.
+
+  build=False (--mode evaluate, whose config comes from the workdir's config.json and
+  so is data, not the user's instruction) never builds or writes: a missing dataset is
+  a NotBuiltError naming where it was looked for."""
   data_dir = config.data_dir or None
   options = dict(config.dataset_options)
+  if not build:
+    if not dataset.is_built(config.dataset, data_dir, **options):
+      raise NotBuiltError(
+          f"dataset {config.dataset!r} (options {options}) is not built in {data_dir or dataset.default_data_dir()}, "
+          "where the run's config.json says it is; --mode evaluate does not build datasets: build it with "
+          "python -m blastjax.data.build (same config and options), or pass the data_dir that holds it")
+    return dataset.load_source(config.dataset, "all", data_dir, **options)
   if jax.process_index() == 0:
     dataset.ensure_built(config.dataset, data_dir, manual_dir=config.manual_dir or None, **options)
   if jax.process_count() > 1:
@@ -137,13 +152,22 @@ def check_splits(config, source, cross_validation: bool = False) -> None:
 
 
 def loader_options(config, train: bool) -> dict:
+  """pipeline.make_loader's arguments from the config (all but the order and `augment`).
+
+  `augment_config` is `config.augmentation` resolved (its preset, fields that are not
+  None overriding it; preset 'none' when config.augment is False): training draws from
+  it, evaluation takes its centre crop (center_scale)."""
+  from blastjax.data import augment as augment_lib
+
   sampling = config.sampling
   if not train:
     sampling = config.eval_sampling or ("uniform" if sampling == "clip" else sampling)
+  augment_config = augment_lib.resolve(config.get("augmentation"), preset="" if config.augment else "none")
   return dict(sampling=sampling, num_frames=config.num_frames, image_size=config.image_size,
               focal_planes=config.focal_planes, rgb=config.rgb, segment_hours=config.segment_hours,
               clip_length=config.clip_length or None, window_stride=config.window_stride or None,
-              normalization=config.normalization, worker_count=config.worker_count)
+              normalization=config.normalization, worker_count=config.worker_count,
+              augment_config=augment_config)
 
 
 def local_device_count(config) -> int:
@@ -181,10 +205,21 @@ def extractor_variables(config, settings):
   return feature_cache.init_extractor_variables(config.feature_extractor, {}, settings, config.seed)
 
 
-def open_features(config, workdir: str, source):
+def _inside(path: str, folder: str) -> bool:
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
+
+
+def open_features(config, workdir: str, source, build: bool = True):
   """The feature cache of `source` (built by process 0 on first use, rebuilt when the
-  extractor, its weights, the settings or the data changed)."""
+  extractor, its weights, the settings or the data changed). build=False (--mode
+  evaluate) builds or rebuilds only inside the workdir the user named; a cache elsewhere
+  must exist and match, or it is a NotBuiltError."""
   cache_dir = feature_cache_dir(config, workdir)
+  if not build and not _inside(cache_dir, workdir) and feature_cache.read_manifest(cache_dir) is None:
+    raise NotBuiltError(f"the feature cache {cache_dir} named by the run's config.json is missing; --mode "
+                        "evaluate writes only inside the workdir: rerun the training command to rebuild it, "
+                        f"or set feature_cache_dir to a folder inside {workdir}")
   settings = extraction_settings(config)
   variables = extractor_variables(config, settings)
   if jax.process_index() == 0:
@@ -200,11 +235,11 @@ def open_features(config, workdir: str, source):
   return features
 
 
-def with_features(config, workdir: str, data: Data) -> Data:
+def with_features(config, workdir: str, data: Data, build: bool = True) -> Data:
   """`data` reading cached features instead of frames when the model takes features."""
   if not reads_features(config):
     return data
-  return dataclasses.replace(data, source=open_features(config, workdir, data.source))
+  return dataclasses.replace(data, source=open_features(config, workdir, data.source, build))
 
 
 def make_loader(config, data: Data, indices, train: bool, observe_hours=None):
@@ -214,8 +249,9 @@ def make_loader(config, data: Data, indices, train: bool, observe_hours=None):
                  observe_hours=observe_hours, num_devices=local_device_count(config))
   if reads_features(config):
     return pipeline.make_feature_loader(data.source, worker_count=config.worker_count, **options)
-  return pipeline.make_loader(data.source, augment=config.augment and train, **options,
-                              **loader_options(config, train=train))
+  pipeline_options = loader_options(config, train=train)
+  augment = config.augment and train and not pipeline_options["augment_config"].identity
+  return pipeline.make_loader(data.source, augment=augment, **options, **pipeline_options)
 
 
 def train_loader(config, data: Data):

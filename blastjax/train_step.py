@@ -21,7 +21,7 @@ from jax import lax
 
 # The model input/output contract lives with the model spec; the step reads it by
 # (input_kind, per_step), so it needs no spec object (benchmarks build StepConfigs).
-from blastjax import models, optim, pretrained
+from blastjax import config_validation, models, optim, pretrained
 from blastjax.models.registry import blast_probability, final_logits, model_inputs, split_output
 from blastjax.parallel import AXIS, Runner, selected_devices
 
@@ -53,7 +53,41 @@ def create_model(config):
   kwargs = dict(config.model_kwargs)
   if config.dtype == "bfloat16":
     kwargs["dtype"] = jnp.bfloat16
-  return models.create(config.model, num_classes=2, **kwargs), spec
+  kwargs.setdefault("num_classes", num_outputs(config))
+  return models.create(config.model, **kwargs), spec
+
+
+# Losses of one output (P(blast) = sigmoid(logit)); 'cross_entropy' has two (softmax).
+ONE_OUTPUT_LOSSES = config_validation.ONE_OUTPUT_LOSSES
+
+
+def num_outputs(config) -> int:
+  """The head width `config.loss` needs: 1 for a sigmoid loss, else 2 (a config.json
+  written before `loss` existed reads as cross-entropy)."""
+  return 1 if config.get("loss", "cross_entropy") in ONE_OUTPUT_LOSSES else 2
+
+
+def example_loss(logits, targets, loss: str = "cross_entropy"):
+  """Unweighted loss of each row (or step): logits [..., C] float32, integer targets [...].
+
+  'weighted_mse' is (sigmoid(z) - y)^2, the seizure paper's Keras loss='mse' on its
+  sigmoid unit; its class weights are the step's row weights, as Keras's class_weight.
+  """
+  if loss == "cross_entropy":
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  z, y = logits[..., 0], targets.astype(jnp.float32)
+  if loss == "bce":
+    return optax.sigmoid_binary_cross_entropy(z, y)
+  if loss == "weighted_mse":
+    return jnp.square(jax.nn.sigmoid(z) - y)
+  raise ValueError(f"loss={loss!r}; expected cross_entropy, weighted_mse or bce")
+
+
+def predicted_class(logits):
+  """Class 0/1 of [B, C] logits: argmax, or logit >= 0 (P(blast) >= 0.5) for one output."""
+  if logits.shape[-1] == 1:
+    return (logits[..., 0] >= 0).astype(jnp.int32)
+  return jnp.argmax(logits, -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +97,7 @@ class StepConfig:
   class_weights: tuple = (1.0, 1.0)
   aux_loss_weight: float = 0.4
   skip_nonfinite: bool = False
+  loss: str = "cross_entropy"
 
 
 def make_train_step(model, tx, sc: StepConfig) -> Callable:
@@ -89,10 +124,10 @@ def make_train_step(model, tx, sc: StepConfig) -> Callable:
       out, updates = model.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"],
                                  rngs={"dropout": rng})
       logits, aux = split_output(out)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+      ce = example_loss(logits.astype(jnp.float32), targets, sc.loss)
       loss_sum = (ce * weights).sum()
       if aux is not None:
-        aux_ce = optax.softmax_cross_entropy_with_integer_labels(aux.astype(jnp.float32), targets)
+        aux_ce = example_loss(aux.astype(jnp.float32), targets, sc.loss)
         loss_sum = loss_sum + sc.aux_loss_weight * (aux_ce * weights).sum()
       return loss_sum * devices / total, (updates, logits)
 
@@ -104,7 +139,7 @@ def make_train_step(model, tx, sc: StepConfig) -> Callable:
     loss = lax.pmean(loss, AXIS)
     batch_stats = lax.pmean(updates.get("batch_stats", state["batch_stats"]), AXIS)
     grad_norm = optax.tree.norm(grads)
-    param_updates, opt_state = tx.update(grads, state["opt_state"], state["params"], value=loss)
+    param_updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], param_updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
@@ -114,7 +149,7 @@ def make_train_step(model, tx, sc: StepConfig) -> Callable:
       changed = {k: v for k, v in new.items() if k != "step"}
       merged = jax.tree.map(lambda a, b: jnp.where(finite, a, b), changed, kept)
       new = {"step": new["step"], **merged}
-    preds = jnp.argmax(final_logits(logits, mask if sc.per_step else None, sc.per_step), -1)
+    preds = predicted_class(final_logits(logits, mask if sc.per_step else None, sc.per_step))
     correct = lax.psum(((preds == labels) * valid).sum(), AXIS)
     count = lax.psum(valid.sum(), AXIS)
     metrics = {"loss": loss, "accuracy": correct / jnp.maximum(count, 1.0), "grad_norm": grad_norm,
@@ -159,7 +194,8 @@ def build(config, sample_batch: dict, train_labels, total_steps: int, epoch_step
   tx = optim.make_optimizer(config, variables["params"], total_steps, epoch_steps)
   sc = StepConfig(input_kind=spec.input_kind, per_step=spec.per_step,
                   class_weights=tuple(class_weight_vector(config, train_labels).tolist()),
-                  aux_loss_weight=config.aux_loss_weight, skip_nonfinite=config.skip_nonfinite)
+                  aux_loss_weight=config.aux_loss_weight, skip_nonfinite=config.skip_nonfinite,
+                  loss=config.get("loss", "cross_entropy"))
   runner = Runner(make_train_step(model, tx, sc), make_eval_step(model, sc), config.parallel,
                   devices=selected_devices(config))
   return Built(model, spec, runner, init_state(model, tx, variables, config.seed), tx)

@@ -14,12 +14,20 @@ calls; `scripts/convert_weights.py` is the command line for the whole path. With
 `from_torch(..., drop_head=True)` the classifier is left out, and merging into a fresh
 `model.init` (`merge_variables`, or `init_from`) keeps the fresh head.
 
+Composite models (AMSNet, the recurrent models, TSM, `yowo_cfam`) embed other
+registered models; their spec's `embeds` says where. `from_torch(name, state_dict,
+source='resnet50')` converts a checkpoint of the embedded model as that model, then
+puts each variable in every place that holds it (shape-checked, every leaf there
+filled) and returns those leaves only; `left_out_patterns` names the rest, which
+`scripts/convert_weights.py` records in `meta.json` as `init_skip` for `init_from`.
+
 torch and orbax are never imported at module level: a state_dict may hold torch tensors
 or numpy arrays, and tensors are converted with `.detach().cpu().numpy()` when present.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from typing import Any, Callable, Collection, Mapping, Optional
@@ -141,8 +149,8 @@ def variable_shapes(module, *example_inputs, **apply_kwargs) -> dict:
   return jax.eval_shape(lambda *xs: module.init(rngs, *xs, **apply_kwargs), *inputs)
 
 
-def from_torch(name: str, state_dict: Mapping[str, Any], *, example_input=None,
-               adapt_channels: bool = False, drop_head: bool = False,
+def from_torch(name: str, state_dict: Mapping[str, Any], *, source: Optional[str] = None,
+               example_input=None, adapt_channels: bool = False, drop_head: bool = False,
                skip_keys: Collection[str] = (), **model_kwargs) -> dict:
   """Converts the torch `state_dict` of model `name` to Flax variables.
 
@@ -155,20 +163,175 @@ def from_torch(name: str, state_dict: Mapping[str, Any], *, example_input=None,
   `config.init_from`). `skip_keys` ignores further torch keys the same way.
   `example_input` (an array or ShapeDtypeStruct) overrides the model's default dummy
   input for shape inference.
+
+  With `source` (another registered model, e.g. 'resnet50'), `state_dict` is a
+  checkpoint of that model, loaded into every place where model `name` embeds it (its
+  spec's `embeds`); see `from_embedded_torch`. The source's own classifier is always
+  left out then (no `drop_head` needed).
   """
+  if source is not None:
+    return from_embedded_torch(name, source, state_dict, example_input=example_input,
+                               adapt_channels=adapt_channels, skip_keys=skip_keys,
+                               **model_kwargs)
   spec = registry.get_spec(name)
   if spec.torch_key_map is None:
-    raise ValueError(f"model {name!r} has no PyTorch reference to convert from")
-  module = registry.create(name, **model_kwargs)
+    hint = (f"; it embeds {', '.join(embedded_models(name, **model_kwargs))}: pass one of them "
+            "as source=" if spec.embeds else "")
+    raise ValueError(f"model {name!r} has no PyTorch reference to convert from{hint}")
   if example_input is None:
     example_input = dummy_input(spec, model_kwargs)
-  template = variable_shapes(module, example_input, train=False)
+  template = model_template(name, example_input, **model_kwargs)
   skip_keys = set(skip_keys)
   if drop_head:
     skip_keys |= head_keys(name, example_input, **model_kwargs)
   transforms = spec.torch_transforms(template) if spec.torch_transforms else None
   return convert(state_dict, template, spec.torch_key_map, adapt_channels=adapt_channels,
                  transforms=transforms, skip_keys=skip_keys)
+
+
+def model_template(name: str, example_input=None, **model_kwargs) -> dict:
+  """The variable shapes of model `name` (its default dummy input unless given one)."""
+  if example_input is None:
+    example_input = dummy_input(registry.get_spec(name), model_kwargs)
+  return variable_shapes(registry.create(name, **model_kwargs), example_input, train=False)
+
+
+def embedded_models(name: str, **model_kwargs) -> dict:
+  """What model `name` (with `model_kwargs`) embeds, from its spec's `embeds`:
+  {source model: {module path here: globs over the source's top-level module names}}."""
+  spec = registry.get_spec(name)
+  return dict(spec.embeds(registry.create(name, **model_kwargs))) if spec.embeds else {}
+
+
+def _whole_backbone(source: str) -> Optional[tuple[str, tuple]]:
+  """(backbone, path) when model `source` is one embedded model whole under `path` plus
+  parameter-free wrapping (TSM: a ResNet with shifts under `base_model`), else None."""
+  try:
+    embeds = embedded_models(source)
+  except (TypeError, ValueError):
+    return None
+  if len(embeds) != 1:
+    return None
+  (backbone, places), = embeds.items()
+  if len(places) != 1 or tuple(next(iter(places.values()))) != ("*",):
+    return None
+  return backbone, tuple(next(iter(places)).split("/"))
+
+
+def embedding(name: str, source: str, **model_kwargs) -> tuple[dict, tuple]:
+  """(places, inner): where model `name` holds `source`'s variables ({module path: globs})
+  and the path inside `source`'s variables that holds them (() = all of them)."""
+  embeds = embedded_models(name, **model_kwargs)
+  if source in embeds:
+    return embeds[source], ()
+  inner = _whole_backbone(source)
+  if inner and inner[0] in embeds:
+    return embeds[inner[0]], inner[1]
+  if not embeds:
+    raise ConversionError(f"model {name!r} embeds no other registered model; convert a checkpoint "
+                          f"of {name!r} itself (without source=)")
+  raise ConversionError(f"source={source!r}: model {name!r} with kwargs {model_kwargs} embeds "
+                        f"{', '.join(sorted(embeds))}, not {source!r}; pass one of those as source= "
+                        "(or change the model's backbone kwargs to match the checkpoint)")
+
+
+def from_embedded_torch(name: str, source: str, state_dict: Mapping[str, Any], *,
+                        example_input=None, adapt_channels: bool = False,
+                        skip_keys: Collection[str] = (), **model_kwargs) -> dict:
+  """The variables of model `name` that a checkpoint of model `source` fills.
+
+  `state_dict` is converted as `source` (its classifier left out, `skip_keys` ignored),
+  then each of its variables goes to every place where `name`'s spec says it embeds
+  `source` (AMSNet's front and back, a recurrent model's frame encoder, ...), shape
+  checked (an RGB stem adapted to the model's input channels with `adapt_channels`).
+  Source variables the embedded copy lacks (a stage it does not keep) are ignored;
+  every leaf of the embedded copy must be filled, or it is a `ConversionError` naming
+  the leaf. Returns only the loaded leaves; the rest of the model (its own head,
+  attention, recurrence) is for fresh initialisation (`left_out_patterns`).
+  """
+  places, inner = embedding(name, source, **model_kwargs)
+  try:
+    loaded = from_torch(source, state_dict, drop_head=True, skip_keys=skip_keys)
+  except (ConversionError, ValueError) as error:
+    raise ConversionError(f"the checkpoint given as source={source!r} for model {name!r}: "
+                          f"{error}") from None
+  template = _flat(model_template(name, example_input, **model_kwargs))
+  out, wrong = {}, {}
+  for key, array in _flat(loaded).items():
+    collection, path = key[0], key[1:]
+    if path[:len(inner)] != inner:
+      continue
+    path = path[len(inner):]
+    for prefix, globs in places.items():
+      if not any(fnmatch.fnmatchcase(path[0], g) for g in globs):
+        continue
+      target_key = (collection,) + tuple(prefix.split("/")) + path
+      if target_key not in template:
+        continue  # a stage or layer the embedded copy does not keep
+      fitted = _fit(array, template[target_key], adapt_channels)
+      if fitted is None:
+        wrong[target_key] = (f"{'/'.join(target_key)}: {source} has {tuple(array.shape)}, "
+                             f"model {tuple(template[target_key].shape)}")
+      else:
+        out[target_key] = fitted
+  _check_embedded(name, source, places, template, out, wrong)
+  return traverse_util.unflatten_dict(out)
+
+
+def _fit(array: np.ndarray, target, adapt_channels: bool) -> Optional[np.ndarray]:
+  """`array` as `target`'s dtype, its RGB stem adapted if asked; None if the shape differs."""
+  if (adapt_channels and array.ndim >= 3 and array.shape[-2] == 3
+      and array.shape[:-2] == tuple(target.shape[:-2])
+      and array.shape[-1] == target.shape[-1]):
+    array = adapt_in_channels(array, target.shape[-2])
+  if tuple(array.shape) != tuple(target.shape):
+    return None
+  return np.asarray(array, dtype=target.dtype)
+
+
+def _check_embedded(name, source, places, template, out, wrong) -> None:
+  """Every leaf under an embedding path must have been filled with its own shape."""
+  prefixes = [tuple(p.split("/")) for p in places]
+  expected = [k for k in template if any(k[1:1 + len(p)] == p for p in prefixes)]
+  missing = sorted("/".join(k) for k in expected if k not in out and k not in wrong)
+  if not expected:
+    raise ConversionError(f"model {name!r} has no variables under {', '.join(places)} "
+                          f"(where it should embed {source!r}); check its kwargs")
+  if missing or wrong:
+    lines = []
+    if missing:
+      lines.append(f"leaves of the embedded {source} that the checkpoint does not fill "
+                   f"({len(missing)}): " + "; ".join(missing[:20]))
+    if wrong:
+      lines.append(f"wrong shapes ({len(wrong)}): " + "; ".join(list(wrong.values())[:20]))
+    raise ConversionError(f"source={source!r} -> {name!r}:\n  " + "\n  ".join(lines)
+                          + f"\nCheck that the checkpoint is a {source} and the model's backbone "
+                            "kwargs and input channels (adapt_channels=True for an RGB stem on "
+                            "other channels) match it.")
+
+
+def left_out_patterns(template: Mapping[str, Any], loaded: Mapping[str, Any]) -> list:
+  """Glob patterns (`config.init_skip` syntax) naming the leaves of `template` absent
+  from `loaded`: 'collection/module/*' for a top-level module left out whole, the leaf's
+  own path otherwise. `scripts/convert_weights.py` records them in meta.json."""
+  flat, have = _flat(template), set(_flat(loaded))
+  groups: dict = {}
+  for key in flat:
+    groups.setdefault(key[:2], []).append(key)
+  patterns = []
+  for group, keys in groups.items():
+    absent = [k for k in keys if k not in have]
+    if absent and len(absent) == len(keys) and all(len(k) > 2 for k in keys):
+      patterns.append("/".join(group) + "/*")
+    else:
+      patterns += ["/".join(k) for k in absent]
+  return patterns
+
+
+def _flat(tree: Mapping[str, Any]) -> dict:
+  """{(collection, *path): leaf} of a variable tree."""
+  return {(collection,) + path: leaf for collection, sub in tree.items()
+          for path, leaf in traverse_util.flatten_dict(dict(sub)).items()}
 
 
 def head_keys(name: str, example_input, **model_kwargs) -> set:

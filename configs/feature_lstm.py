@@ -1,6 +1,8 @@
 """Seizure-style feature LSTM (seizure_i3d_lstm.txt): per-frame features from a frozen
 backbone, two LSTM layers (128, 64 units), two dense layers (64, 32), dropout 0.5,
-Adam 1e-3 and class weights for the imbalance.
+Adam 1e-3 and class weights for the imbalance. This is the 2-class (softmax,
+cross-entropy) variant; the paper's own protocol -- one sigmoid output, class-weighted
+MSE, L2, patient 5-fold cross-validation -- is configs/seizure_i3d_lstm.py.
 
 It reads cached features (input kind 'features'): on first use the trainer runs
 `feature_extractor` (I3D) once over every embryo, in sliding windows of `clip_length`

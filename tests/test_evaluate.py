@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from blastjax import evaluate
+from blastjax import evaluate, results
 
 
 def _pairwise_auc(labels, probs):
@@ -162,7 +162,7 @@ def test_write_evaluation_files(tmp_path):
           for i, (l, p) in enumerate(zip(labels, probs))]
   metrics = evaluate.classification_metrics(labels, probs)
   early = evaluate.early_prediction(labels, {24: probs, 48: probs})
-  paths = evaluate.write_evaluation(str(tmp_path), metrics, rows, early)
+  paths = results.write_evaluation(str(tmp_path), metrics, rows, early)
   assert {"confusion_matrix", "calibration", "roc", "early_prediction"} <= set(paths)
   for path in paths.values():
     assert os.path.getsize(path) > 0
@@ -179,7 +179,7 @@ def test_write_evaluation_files(tmp_path):
 
 def test_metrics_json_turns_nan_into_null(tmp_path):
   path = str(tmp_path / "m.json")
-  evaluate.write_json(path, {"auc": float("nan"), "nested": [float("inf"), 1.0]})
+  results.write_json(path, {"auc": float("nan"), "nested": [float("inf"), 1.0]})
   with open(path) as f:
     assert json.load(f) == {"auc": None, "nested": [None, 1.0]}
 

@@ -6,23 +6,11 @@ import numpy as np
 import pytest
 
 from blastjax.data import pipeline
-from tests.helpers.sources import MemorySource
+from tests.helpers.sources import MemorySource, assert_same_batches, read_batches, resume_matches
 
 @pytest.fixture(scope="module")
 def source():
   return MemorySource()
-
-
-def _batches(loader):
-  return [dict(b) for b in loader]
-
-
-def _assert_same(first, second):
-  assert len(first) == len(second)
-  for a, b in zip(first, second):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 @pytest.mark.parametrize("kwargs, image_shape, steps", [
@@ -36,7 +24,7 @@ def _assert_same(first, second):
     ({"sampling": "last_frame", "rgb": True, "augment": True}, (4, 16, 16, 3), 1),
 ])
 def test_batch_shapes_and_dtypes(source, kwargs, image_shape, steps):
-  batches = _batches(pipeline.make_loader(source, num_frames=5, image_size=16, batch_size=4, **kwargs))
+  batches = read_batches(pipeline.make_loader(source, num_frames=5, image_size=16, batch_size=4, **kwargs))
   assert len(batches) == 2
   for batch in batches:
     assert batch["image"].shape == image_shape and batch["image"].dtype == np.float32
@@ -49,20 +37,20 @@ def test_batch_shapes_and_dtypes(source, kwargs, image_shape, steps):
 
 
 def test_padded_last_batch_and_labels(source):
-  batches = _batches(pipeline.make_loader(source, num_frames=3, image_size=8, batch_size=4))
+  batches = read_batches(pipeline.make_loader(source, num_frames=3, image_size=8, batch_size=4))
   np.testing.assert_array_equal(batches[1]["valid"], [True, True, False, False])
   rows = np.concatenate([b["example_index"][b["valid"]] for b in batches])
   np.testing.assert_array_equal(rows, np.arange(6))
   labels = np.concatenate([b["label"][b["valid"]] for b in batches])
   np.testing.assert_array_equal(labels, [source[i]["label"] for i in rows])
-  dropped = _batches(pipeline.make_loader(source, num_frames=3, image_size=8, batch_size=4,
+  dropped = read_batches(pipeline.make_loader(source, num_frames=3, image_size=8, batch_size=4,
                                           drop_remainder=True))
   assert len(dropped) == 1 and dropped[0]["valid"].all()
   assert pipeline.batches_per_epoch(6, 4) == 2 and pipeline.batches_per_epoch(6, 4, True) == 1
 
 
 def test_indices_select_a_split(source):
-  batches = _batches(pipeline.make_loader(source, indices=[5, 1, 3], num_frames=2, image_size=8,
+  batches = read_batches(pipeline.make_loader(source, indices=[5, 1, 3], num_frames=2, image_size=8,
                                           batch_size=2))
   rows = np.concatenate([b["example_index"][b["valid"]] for b in batches])
   np.testing.assert_array_equal(rows, [5, 1, 3])
@@ -97,7 +85,7 @@ def test_observe_hours_before_first_frame_names_embryo(source):
 
 
 def test_sliding_windows_one_row_per_window(source):
-  batches = _batches(pipeline.make_loader(source, indices=[0, 1], sampling="sliding_windows",
+  batches = read_batches(pipeline.make_loader(source, indices=[0, 1], sampling="sliding_windows",
                                           clip_length=4, window_stride=3, image_size=8,
                                           batch_size=3))
   valid = np.concatenate([b["valid"] for b in batches])
@@ -129,10 +117,10 @@ def test_augmentation_same_for_frames_differs_across_sequences():
 
 def test_seed_reproducible_and_epochs_reshuffle(source):
   def run(seed):
-    return _batches(pipeline.make_loader(source, num_frames=3, image_size=8, batch_size=3,
+    return read_batches(pipeline.make_loader(source, num_frames=3, image_size=8, batch_size=3,
                                          augment=True, shuffle=True, seed=seed, num_epochs=2))
   first, again, other = run(0), run(0), run(1)
-  _assert_same(first, again)
+  assert_same_batches(first, again)
   assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
   epoch1 = np.concatenate([b["example_index"] for b in first[:2]])
   epoch2 = np.concatenate([b["example_index"] for b in first[2:]])
@@ -169,22 +157,10 @@ def test_argument_errors(source):
     pipeline.make_loader(source, indices=[0, 6])
 
 
-def _resume_matches(source, worker_count, **kwargs):
-  make = lambda: pipeline.make_loader(source, worker_count=worker_count, **kwargs)
-  iterator = iter(make())
-  head = [next(iterator) for _ in range(2)]
-  state = iterator.get_state()
-  rest = list(iterator)
-  resumed = iter(make())
-  resumed.set_state(state)
-  _assert_same(rest, list(resumed))
-  return head + rest
-
-
 def test_resume_from_state_without_workers(source):
   kwargs = dict(num_frames=3, image_size=8, batch_size=2, augment=True, shuffle=True,
                 num_epochs=2, sampling="clip", clip_length=3)
-  _resume_matches(source, 0, **kwargs)
+  resume_matches(source, 0, **kwargs)
 
 
 @pytest.mark.parametrize("state", [
@@ -199,9 +175,9 @@ def test_a_state_it_did_not_write_is_one_clear_error(source, state):
 def test_two_workers_same_batches_and_resume(source):
   kwargs = dict(num_frames=3, image_size=8, batch_size=4, augment=True, shuffle=True,
                 num_epochs=2, sampling="segments", segment_hours=5.0, seed=5)
-  with_workers = _resume_matches(source, 2, **kwargs)
-  without = _batches(pipeline.make_loader(source, worker_count=0, **kwargs))
-  _assert_same(without, [dict(b) for b in with_workers])
+  with_workers = resume_matches(source, 2, **kwargs)
+  without = read_batches(pipeline.make_loader(source, worker_count=0, **kwargs))
+  assert_same_batches(without, [dict(b) for b in with_workers])
   assert [b["valid"].sum() for b in without] == [4, 4, 4]
 
 
@@ -217,7 +193,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_real_synthetic_dataset(synthetic):
-  batches = _batches(pipeline.make_loader(synthetic, num_frames=6, image_size=32, batch_size=4,
+  batches = read_batches(pipeline.make_loader(synthetic, num_frames=6, image_size=32, batch_size=4,
                                           augment=True, shuffle=True, focal_planes="axis"))
   batch, = batches
   assert batch["image"].shape == (4, 6, 3, 32, 32, 1)
@@ -234,7 +210,7 @@ def test_process_shards_cover_data_with_equal_batch_counts(source, monkeypatch):
   for shard_index in (0, 1, 2, 3):
     monkeypatch.setattr(pipeline.sharding, "ShardByJaxProcess",
                         lambda drop_remainder, i=shard_index: grain.ShardOptions(i, 4, drop_remainder))
-    per_shard.append(_batches(pipeline.make_loader(source, indices=[0, 1, 2, 3, 4], num_frames=2,
+    per_shard.append(read_batches(pipeline.make_loader(source, indices=[0, 1, 2, 3, 4], num_frames=2,
                                                    image_size=8, batch_size=1, shuffle=True)))
   assert [len(b) for b in per_shard] == [2, 2, 2, 2]  # ceil(5 / 4) records each
   valid = [(int(b["example_index"][0]), bool(b["valid"][0])) for s in per_shard for b in s]

@@ -149,9 +149,13 @@ def test_optimizer_schedules_and_class_weights():
 def test_merge_pretrained_keeps_a_mismatched_head():
   variables = {"params": {"conv1": {"kernel": np.zeros((3, 3, 1, 4))}, "fc": {"kernel": np.zeros((4, 2))}}}
   loaded = {"params": {"conv1": {"kernel": np.ones((3, 3, 1, 4))}, "fc": {"kernel": np.ones((4, 1000))}}}
-  merged, copied, skipped = pretrained.merge_pretrained(variables, loaded)
+  # Only when the head is named as left fresh (config.init_skip); silently, it is an error.
+  with pytest.raises(pretrained.InitFromError, match=r"params/fc/kernel: checkpoint \(4, 1000\), model \(4, 2\)"):
+    pretrained.merge_pretrained(variables, loaded)
+  merged, copied, skipped = pretrained.merge_pretrained(variables, loaded, skip=("params/fc/*",))
   assert copied == 1 and skipped == ["params/fc/kernel"]
   assert merged["params"]["conv1"]["kernel"].sum() == 36
+  assert merged["params"]["fc"]["kernel"].shape == (4, 2) and merged["params"]["fc"]["kernel"].sum() == 0
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "shard_map"])

@@ -135,6 +135,7 @@ def test_cli_round_trip(tmp_path, capsys):
   loaded, meta = weights.load_variables(str(tmp_path / "gray"))
   assert meta["model"] == "resnet18" and meta["kwargs"] == {"num_classes": 2, "in_channels": 1}
   assert meta["source"] == str(pth) and meta["drop_head"]
+  assert meta["init_skip"] == ["params/fc/*"]  # what init_from keeps fresh without being told
   expected = weights.from_torch("resnet18", state, adapt_channels=True, drop_head=True, in_channels=1)
   flat_loaded = jax.tree_util.tree_leaves_with_path(loaded)
   flat_expected = jax.tree_util.tree_leaves_with_path(expected)

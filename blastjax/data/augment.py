@@ -15,6 +15,13 @@ of 90 degrees are exact and cost nothing), horizontal flip, brightness and contr
 jitter (torchvision ColorJitter: brightness multiplies, contrast blends with the frame
 mean; factors uniform in [1-b, 1+b]).
 
+Temporal scales (Hara's "multi-scale spatiotemporal random"): `temporal_scales` other
+than (1,) make clip sampling draw a scale s per sequence and take s * L frames, resampled
+to L by nearest neighbour (blastjax.data.sampling.clip).
+
+Presets (`PRESETS`, `resolve`): the augmentation of each paper, by name, with every field
+overridable; `config.augmentation` of a run is a preset plus overrides (docs/pipeline.md).
+
 Decoding (gray values, cut-off JPEGs) is blastjax.data.frames'. JPEG frames are decoded
 at a reduced size with PIL's draft mode (DCT scaling) when the crop allows it, which is
 the main speed-up.
@@ -42,7 +49,8 @@ DRAFT_TOLERANCE = 0.8
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """Augmentation settings; the defaults follow the paper (colour jitter, random crop,
-  rotation, horizontal flip) with Hara's multi-scale crop scales available."""
+  rotation, horizontal flip) with Hara's multi-scale crop scales available (they are
+  the `benchmark` preset)."""
 
   crop: str = "random"                 # one of CROPS, used when augmenting
   random_scale: float = 0.875          # crop side / short side for crop='random'
@@ -54,24 +62,86 @@ class AugmentConfig:
   vflip_prob: float = 0.0
   brightness: float = 0.2              # factor uniform in [1-b, 1+b]
   contrast: float = 0.2                # factor uniform in [1-c, 1+c]
+  temporal_scales: tuple = (1.0,)      # clip sampling: s * L frames resampled to L (Hara)
 
   def __post_init__(self):
-    if self.crop not in CROPS:
-      raise ValueError(f"augment_config.crop={self.crop!r} unknown; choose from {CROPS}")
-    for name in ("random_scale", "center_scale"):
-      if not 0 < getattr(self, name) <= 1:
-        raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in (0, 1]")
-    if not self.scales or any(not 0 < s <= 1 for s in self.scales):
-      raise ValueError(f"augment_config.scales={self.scales}: need values in (0, 1]")
-    for name in ("hflip_prob", "vflip_prob"):
-      if not 0 <= getattr(self, name) <= 1:
-        raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in [0, 1]")
-    if self.rotation_degrees < 0 or self.rotation_step < 0:
-      raise ValueError(f"augment_config.rotation_degrees={self.rotation_degrees}, rotation_step="
-                       f"{self.rotation_step}: must be >= 0")
-    for name in ("brightness", "contrast"):
-      if not 0 <= getattr(self, name) < 1:
-        raise ValueError(f"augment_config.{name}={getattr(self, name)}: must be in [0, 1)")
+    problems = field_problems(dataclasses.asdict(self), "augment_config")
+    if problems:
+      raise ValueError("; ".join(problems))
+
+  @property
+  def identity(self) -> bool:
+    """True when a draw changes nothing: no random crop, rotation, flip, jitter or
+    temporal scale (preset 'none'); training then samples frames as evaluation does."""
+    return (self.crop == "center" and self.rotation_degrees == 0 and self.hflip_prob == 0
+            and self.vflip_prob == 0 and self.brightness == 0 and self.contrast == 0
+            and tuple(self.temporal_scales) == (1.0,))
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(AugmentConfig))
+# The type of each field (of its default): what a config section's placeholders hold.
+FIELD_TYPES = {f.name: type(f.default) for f in dataclasses.fields(AugmentConfig)}
+
+
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(value) -> bool:
+  return isinstance(value, (tuple, list)) and bool(value) and all(_number(v) for v in value)
+
+
+def _range_problem(name: str, value):
+  """What is wrong with one field's value ('' when nothing): the single place the
+  ranges are written (AugmentConfig and config validation both read it)."""
+  if name == "crop":
+    return "" if value in CROPS else f"unknown; choose from {', '.join(CROPS)}"
+  if name in ("scales", "temporal_scales"):
+    if not _numbers(value):
+      return "need a non-empty tuple of numbers"
+    if name == "scales" and any(not 0 < s <= 1 for s in value):
+      return "need values in (0, 1]"
+    return "need positive values" if any(s <= 0 for s in value) else ""
+  if not _number(value):
+    return "must be a number"
+  if name in ("random_scale", "center_scale"):
+    return "" if 0 < value <= 1 else "must be in (0, 1]"
+  if name in ("hflip_prob", "vflip_prob"):
+    return "" if 0 <= value <= 1 else "must be in [0, 1]"
+  if name in ("brightness", "contrast"):
+    return "" if 0 <= value < 1 else "must be in [0, 1)"
+  return "" if value >= 0 else "must be >= 0"   # rotation_degrees, rotation_step
+
+
+def field_problems(values: dict, prefix: str) -> list:
+  """One line per bad field of `values` (AugmentConfig field -> value), each naming
+  `<prefix>.<field>`."""
+  problems = []
+  for name in FIELDS:
+    if name in values:
+      problem = _range_problem(name, values[name])
+      if problem:
+        problems.append(f"{prefix}.{name}={values[name]!r}: {problem}")
+  return problems
+
+
+def _unknown(values: dict, prefix: str) -> list:
+  return [f"{prefix}.{name}: unknown field {name!r}; known: {', '.join(sorted(FIELDS))}"
+          for name in sorted(set(values) - set(FIELDS))]
+
+
+def _coerced(values: dict) -> dict:
+  """Numbers of float fields as floats, sequences of the tuple fields as float tuples
+  (a config file may write `hflip_prob = 0` or `scales = [1, 0.5]`; JSON gives lists)."""
+  values = dict(values)
+  for name, kind in FIELD_TYPES.items():
+    if name not in values:
+      continue
+    if kind is tuple and _numbers(values[name]):
+      values[name] = tuple(float(s) for s in values[name])
+    elif kind is float and _number(values[name]):
+      values[name] = float(values[name])
+  return values
 
 
 def as_config(config) -> AugmentConfig:
@@ -81,13 +151,119 @@ def as_config(config) -> AugmentConfig:
   if isinstance(config, AugmentConfig):
     return config
   values = dict(config.items()) if hasattr(config, "items") else dict(config)
-  known = {f.name for f in dataclasses.fields(AugmentConfig)}
-  unknown = sorted(set(values) - known)
+  unknown = _unknown(values, "augment_config")
   if unknown:
-    raise ValueError(f"augment_config has unknown field(s) {unknown}; known: {sorted(known)}")
-  if "scales" in values:
-    values["scales"] = tuple(float(s) for s in values["scales"])
-  return AugmentConfig(**values)
+    raise ValueError("; ".join(unknown))
+  return AugmentConfig(**_coerced(values))
+
+
+# ----------------------------------------------------------------------------------
+# Presets: each paper's augmentation. Where a paper is silent the docstring says what
+# was chosen and why.
+
+HARA_TEMPORAL_SCALES = (3.0, 2.0, 1.0, 0.5, 1.0 / 3.0)
+
+
+def benchmark() -> AugmentConfig:
+  """cleavage_stage_blastocyst_dataset.txt, Setup: "Multiple data augmentation methods
+  are used to prevent over-fitting, including color jitter, random cropping, rotation,
+  and horizontal flipping." The paper gives no magnitudes and its code is unpublished
+  ("will be published soon"), so they are torchvision's usual ones: ColorJitter
+  brightness/contrast 0.2, a random crop of 0.875 of the short side (the 224-of-256
+  convention), rotation uniform in +-180 degrees (embryos have no orientation), flip 50 %.
+
+  Evaluation takes the centred crop at the same 0.875 (torchvision's Resize + CenterCrop
+  pairing of a RandomCrop), so the embryo has the same size in pixels in training and
+  evaluation."""
+  return AugmentConfig(crop="random", random_scale=0.875, center_scale=0.875, rotation_degrees=180.0,
+                       hflip_prob=0.5, vflip_prob=0.0, brightness=0.2, contrast=0.2)
+
+
+def hara() -> AugmentConfig:
+  """hara_3d_cnn_good_practice.txt, "Multi-scale spatial random" (its best configuration,
+  Tables II and III): "We randomly select the spatial position and scale of each sample
+  ... The scale is randomly selected from {1, 1/2^(1/4), 1/sqrt(2), 1/2^(3/4), 1/2}. Scale
+  1 means that the sample width and height are the same as the short side length of the
+  frame", and "each sample is horizontally flipped with 50% probability". No rotation and
+  no colour jitter (the paper has none). Its "multi-scale spatial corner" (4 corners and
+  the centre, same scales; worse in the paper) is `crop='corner'`.
+
+  Testing (Recognition): "Each clip is cropped around a center position with the maximum
+  scale (i.e. the sample width and height are the same as the short side length of the
+  frame)": center_scale 1, so the object is smaller in evaluation than in the average
+  training crop (scales 1 to 1/2 magnify it 1x to 2x)."""
+  return AugmentConfig(crop="multiscale", scales=HARA_SCALES, center_scale=1.0, rotation_degrees=0.0,
+                       hflip_prob=0.5, vflip_prob=0.0, brightness=0.0, contrast=0.0)
+
+
+def hara_spatiotemporal() -> AugmentConfig:
+  """hara_3d_cnn_good_practice.txt, "Multi-scale spatiotemporal random": the spatial
+  augmentation of `hara`, and "we select temporal scale from {3, 2, 1, 1/2, 1/3}. To
+  temporally crop based on the selected scale, we first select s_t x 16-frame clip ...
+  We then perform temporal scaling for the clip by nearest neighbor scaling. For
+  instance, scale 2 means that we first select a 16 x 2 = 32-frame clip, and then drop
+  every [other frame], and scale 1/2 means that we first select a 16/2 = 8-frame clip,
+  and then make two copies of each frame." (L = clip length instead of 16; s * L is
+  rounded to whole frames; sampling='clip' only.) The paper found it slightly worse than
+  `hara` ("nearest neighbor scaling ... makes the training samples artificial").
+  Evaluation: the centred full-scale crop, temporal scale 1."""
+  return dataclasses.replace(hara(), temporal_scales=HARA_TEMPORAL_SCALES)
+
+
+def amsnet() -> AugmentConfig:
+  """amsnet_early_blastocyst_prediction.txt, Implementation Details: "The resolution of
+  each video clip is resized and randomly cropped to 224 x 224, and the format of each
+  video clip is converted to grayscale". Nothing else is named (no flip, rotation or
+  jitter) and the code is not public, so: a random crop of 0.875 of the short side (the
+  resize-256 / crop-224 convention of the TSM code AMSNet builds on), and for evaluation
+  the centred crop at the same 0.875 (TSM's GroupScale(256) + GroupCenterCrop(224)), so
+  the embryo has the same size in training and evaluation."""
+  return AugmentConfig(crop="random", random_scale=0.875, center_scale=0.875, rotation_degrees=0.0,
+                       hflip_prob=0.0, vflip_prob=0.0, brightness=0.0, contrast=0.0)
+
+
+def none() -> AugmentConfig:
+  """No augmentation (as `config.augment=False`): the centred square of the short side,
+  frames sampled as in evaluation."""
+  return AugmentConfig(crop="center", center_scale=1.0, rotation_degrees=0.0, hflip_prob=0.0,
+                       vflip_prob=0.0, brightness=0.0, contrast=0.0)
+
+
+PRESETS = {"benchmark": benchmark, "hara": hara, "hara_spatiotemporal": hara_spatiotemporal,
+           "amsnet": amsnet, "none": none}
+DEFAULT_PRESET = "benchmark"
+
+
+def _overrides(section) -> tuple:
+  """(preset name, {field: value}) of a config section; None values are not overrides."""
+  values = dict(section.items()) if hasattr(section, "items") else dict(section or {})
+  preset = values.pop("preset", None) or DEFAULT_PRESET
+  return preset, {k: v for k, v in values.items() if v is not None}
+
+
+def section_problems(section, prefix: str = "config.augmentation") -> list:
+  """One line per problem of a config section (preset + overrides): an unknown preset,
+  an unknown field, a value out of AugmentConfig's ranges; empty when it resolves."""
+  if not hasattr(section, "items") and section is not None:
+    return [f"{prefix}={section!r}: expected a dict with a preset and AugmentConfig fields"]
+  preset, overrides = _overrides(section)
+  problems = _unknown(overrides, prefix)
+  if preset not in PRESETS:
+    problems.append(f"{prefix}.preset={preset!r}: unknown; choose from {', '.join(PRESETS)}")
+  return problems + field_problems(overrides, prefix)
+
+
+def resolve(section=None, preset: str = "") -> AugmentConfig:
+  """The AugmentConfig of a config section: its preset (default 'benchmark'; `preset`
+  replaces the section's) with every field that is not None replacing the preset's.
+
+  `None` means "not overridden", so changing only the preset (e.g. on the command line)
+  changes every field that was not set explicitly."""
+  problems = section_problems(section)
+  if problems:
+    raise ValueError("; ".join(problems))
+  name, overrides = _overrides(section)
+  return dataclasses.replace(PRESETS[preset or name](), **_coerced(overrides))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--manual_dir", default=None, help="the folder read by the folder/gomez2022 configs")
   parser.add_argument("--skip_invalid", action="store_true",
                       help="skip (and report) invalid embryos instead of stopping")
+  parser.add_argument("--check_jpeg_scans", action="store_true",
+                      help="decode every JPEG's compressed data to find damage PIL repairs silently (slow)")
   parser.add_argument("--overwrite", action="store_true",
                       help="rebuild even if built; the old build is replaced only once the new one is complete")
   for name, kind in OPTIONS.items():
@@ -42,8 +44,10 @@ def main(argv=None) -> int:
   options = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
   if args.skip_invalid:
     options["skip_invalid"] = True
+  if args.check_jpeg_scans:
+    options["check_jpeg_scans"] = True
   if args.config != "synthetic":
-    synthetic_only = sorted(set(options) - {"resize", "skip_invalid"})
+    synthetic_only = sorted(set(options) - {"resize", "skip_invalid", "check_jpeg_scans"})
     if synthetic_only:
       print(f"error: option(s) {synthetic_only} apply to --config synthetic only", file=sys.stderr)
       return 2

@@ -99,10 +99,13 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
       "folder: pass --manual_dir, the folder holding labels.csv and one folder per embryo. "
       "gomez2022: extract the release's archives (embryo_dataset*.tar.gz) into --manual_dir.")
 
-  def __init__(self, *, skip_invalid: bool = False, **kwargs):
+  def __init__(self, *, skip_invalid: bool = False, check_jpeg_scans: bool = False, **kwargs):
     """skip_invalid: skip (and report) invalid embryos instead of stopping the build.
-    Not part of the config: it changes what is tolerated, not what is stored."""
+    check_jpeg_scans: also decode every JPEG's Huffman-coded data to find damage PIL
+    repairs silently (slow: docs/data.md). Neither is part of the config: they change
+    what is tolerated or checked, not what is stored."""
     self.skip_invalid = skip_invalid
+    self.check_jpeg_scans = check_jpeg_scans
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -114,7 +117,7 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
-    self.report = layouts.Report()
+    self.report = layouts.Report(check_jpeg_scans=self.check_jpeg_scans)
     self.index = []  # index_entry of every example, in storage order
     return {"full": self._generate_examples(dl_manager)}
 
@@ -151,6 +154,27 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
       example = to_example(record, self.builder_config.resize)
       self.index.append(index_entry(example))
       yield len(self.index) - 1, example
+    if not self.index:
+      raise layouts.LayoutError(self._nothing_left())
+
+  def _nothing_left(self) -> str:
+    """The one line for a build with no embryo to store (TFDS would fail on an empty split)."""
+    skipped = self.report.skipped
+    if not skipped:
+      return f"{self.builder_config.name}: no embryo found in {self._manual_dir_text()}"
+    first = skipped[0]
+    return (f"no embryo left to build: all {len(skipped)} were skipped as invalid (first: "
+            f"{first['embryo_id']}: {first['path']}: {first['problem']})")
+
+  def _manual_dir_text(self) -> str:
+    return "the input folder" if self.builder_config.layout == "synthetic" else "--manual_dir"
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    """TFDS's, then the build report written into the (still temporary) dataset folder:
+    TFDS renames that folder into place only after this returns, so a build that is
+    published always has its report (the list of skipped embryos) beside it."""
+    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    self.write_report()
 
   def write_report(self) -> str:
     """Writes build_report.json (counts, skipped embryos, adaptations) and embryos.json

@@ -53,7 +53,8 @@ def builder_config(config: str = "synthetic", **options):
   fields = {f.name for f in dataclasses.fields(et.EmbryoTimelapseConfig)}
   unknown = sorted(set(options) - fields)
   if unknown:
-    raise ValueError(f"unknown dataset option(s) {unknown}; known: {sorted(_SHORT) + ['skip_invalid']}")
+    raise ValueError(f"unknown dataset option(s) {unknown}; known: "
+                     f"{sorted(_SHORT) + ['check_jpeg_scans', 'skip_invalid']}")
   # 120 and 120.0 minutes are the same build: coerce to the field's type.
   options = {k: (type(getattr(base, k))(v) if getattr(base, k) is not None and v is not None else v)
              for k, v in options.items()}
@@ -66,10 +67,11 @@ def builder_config(config: str = "synthetic", **options):
 
 
 def get_builder(config: str = "synthetic", data_dir: Optional[str] = None, skip_invalid: bool = False,
-                **options):
+                check_jpeg_scans: bool = False, **options):
   """The TFDS builder of `config` with builder `options` (see builder_config).
 
-  skip_invalid only matters when building: it shares the directory of the strict build.
+  skip_invalid and check_jpeg_scans only matter when building: they share the directory
+  of the default build.
   """
   et = _builder_module()
 
@@ -80,7 +82,8 @@ def get_builder(config: str = "synthetic", data_dir: Optional[str] = None, skip_
   registered = any(chosen is c for c in et.BUILDER_CONFIGS)
   return et.EmbryoTimelapse(config=chosen.name if registered else chosen,
                             data_dir=data_dir or default_data_dir(),
-                            file_format="array_record", skip_invalid=skip_invalid)
+                            file_format="array_record", skip_invalid=skip_invalid,
+                            check_jpeg_scans=check_jpeg_scans)
 
 
 def build(config: str = "synthetic", data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
@@ -157,6 +160,11 @@ def _read_index(builder):
 def _is_built(builder) -> bool:
   """builder.is_prepared(), without TFDS's warning about a version folder not yet there."""
   return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")) and builder.is_prepared()
+
+
+def is_built(config: str = "synthetic", data_dir: Optional[str] = None, **options) -> bool:
+  """Whether a complete build of dataset `config` with `options` is in `data_dir`."""
+  return _is_built(get_builder(config, data_dir, **options))
 
 
 def _report_path(builder) -> str:

@@ -6,7 +6,7 @@ grain), the others as `map` (blastjax.data.pipeline composes them). The image pa
 
     Sample -> DrawAugmentation -> DecodePlanes -> Photometric -> ToChannels -> Normalise -> ImageRow
 
-(`image_ops` builds it from make_loader's arguments); cached features take one op,
+(Sample also draws the temporal scale of Hara's spatiotemporal crop; `image_ops` builds it from make_loader's arguments); cached features take one op,
 PadFeatures. Private fields ('_indices', '_params', '_images') pass between ops;
 ImageRow and PadFeatures return the batch contract's fields only.
 """
@@ -49,18 +49,35 @@ def normalization_stats(normalization, channels: int) -> tuple:
 
 
 class Sample:
-  """Temporal sampling: the frame indices (and padding mask) of one row."""
+  """Temporal sampling: the frame indices (and padding mask) of one row.
+
+  `temporal_scales` other than (1,) (clips only): a random row first draws its scale
+  from them, from the row's own generator, so the clip depends only on (seed, row)."""
 
   def __init__(self, sampling, num_frames, observe_hours, segment_hours, clip_length, window_stride,
-               random):
+               random, temporal_scales=(1.0,)):
     self.options = dict(num_frames=num_frames, observe_hours=observe_hours, segment_hours=segment_hours,
                         clip_length=clip_length, window_stride=window_stride)
     self.sampling = sampling
     self.random = bool(random)
+    self.temporal_scales = tuple(float(s) for s in temporal_scales)
+    if self.temporal_scales != (1.0,) and sampling != "clip":
+      raise ValueError(f"augment_config.temporal_scales={self.temporal_scales} with sampling={sampling!r}: "
+                       "temporal scales resample clips; use sampling='clip' or temporal_scales=(1.0,)")
+
+  def temporal_scale(self, rng) -> float:
+    """1 without randomness (evaluation); no draw with one scale (the plain clip's draws)."""
+    if rng is None:
+      return 1.0
+    if len(self.temporal_scales) == 1:
+      return self.temporal_scales[0]
+    return self.temporal_scales[int(rng.integers(len(self.temporal_scales)))]
 
   def windows(self, row, rng=None) -> list:
-    return sampling_lib.sample(self.sampling, np.asarray(row["hours"]), rng=rng if self.random else None,
-                               embryo_id=str(row["embryo_id"]), **self.options)
+    rng = rng if self.random else None
+    return sampling_lib.sample(self.sampling, np.asarray(row["hours"]), rng=rng,
+                               embryo_id=str(row["embryo_id"]), temporal_scale=self.temporal_scale(rng),
+                               **self.options)
 
   def __call__(self, row, rng=None) -> dict:
     (indices, mask), = self.windows(row, rng)
@@ -215,11 +232,14 @@ class PadFeatures:
 def image_ops(*, sampling, num_frames, image_size, focal_planes, rgb, augment, augment_config,
               observe_hours, segment_hours, clip_length, window_stride, normalization,
               random_sampling) -> list:
-  """The per-record ops of `make_loader`, in order (the first, Sample, picks the frames)."""
+  """The per-record ops of `make_loader`, in order (the first, Sample, picks the frames).
+  The temporal scales of `augment_config` apply only when augmenting."""
+  config = augment_lib.as_config(augment_config)
   return [
       Sample(sampling, num_frames, observe_hours, segment_hours, clip_length, window_stride,
-             augment if random_sampling is None else random_sampling),
-      DrawAugmentation(augment, augment_lib.as_config(augment_config)),
+             augment if random_sampling is None else random_sampling,
+             config.temporal_scales if augment else (1.0,)),
+      DrawAugmentation(augment, config),
       DecodePlanes(image_size, focal_planes),
       Photometric(),
       ToChannels(focal_planes, rgb),

@@ -226,7 +226,10 @@ def make_loader(source, *, indices=None, sampling: str = "uniform", num_frames: 
     rgb: replicate gray to 3 channels (models pretrained on RGB).
     augment: random spatial/photometric augmentation (blastjax.data.augment); off, a
       frame is the centred square of its short side resized to image_size.
-    augment_config: AugmentConfig, dict of its fields, or None (defaults).
+    augment_config: AugmentConfig, dict of its fields, or None (defaults); its
+      center_scale is also the view without augmentation (evaluation), its
+      temporal_scales apply to sampling='clip' when augmenting. A run passes its
+      `config.augmentation` resolved (blastjax.data.augment.resolve).
     observe_hours: only frames at or before this many hours are sampled.
     segment_hours: segment length for sampling='segments'.
     clip_length, window_stride: L and stride for 'clip' / 'sliding_windows'.

@@ -15,6 +15,8 @@ Modes (the `sampling` argument of `blastjax.data.pipeline.make_loader`):
                    no frame are padding.
   clip             L contiguous frames at a random start when training, the centred
                    clip otherwise; a sequence shorter than L is looped (Hara et al.).
+                   With a temporal scale s (Hara's multi-scale temporal crop) the span
+                   is s * L frames, resampled to L by nearest neighbour.
   sliding_windows  evaluation: every L-frame window with a stride (default L), plus a last
                    window aligned to the end when the stride leaves frames uncovered; one
                    row per window.
@@ -86,14 +88,27 @@ def segments(hours: np.ndarray, num_observed: int, num_frames: int, segment_hour
   return indices, mask
 
 
-def clip(num_observed: int, clip_length: int, rng: Optional[np.random.Generator] = None):
-  """A contiguous clip; looped when the sequence is shorter than the clip."""
-  if num_observed >= clip_length:
-    last_start = num_observed - clip_length
+def temporal_span(clip_length: int, temporal_scale: float = 1.0) -> int:
+  """Frames a clip of `clip_length` covers at `temporal_scale`: s * L rounded, at least 1."""
+  return max(1, int(round(float(temporal_scale) * clip_length)))
+
+
+def clip(num_observed: int, clip_length: int, rng: Optional[np.random.Generator] = None,
+         temporal_scale: float = 1.0):
+  """A contiguous clip; looped when the sequence is shorter than the clip.
+
+  `temporal_scale` s (Hara's multi-scale temporal crop): the contiguous span is s * L
+  frames (rounded), scaled to L by nearest neighbour: position i takes span frame
+  floor(i * span / L). s = 2 takes every other frame of a 2L span, s = 1/2 repeats each
+  frame of an L/2 span twice; s = 1 is the plain clip (and draws the same start)."""
+  span = temporal_span(clip_length, temporal_scale)
+  if num_observed >= span:
+    last_start = num_observed - span
     start = last_start // 2 if rng is None else int(rng.integers(0, last_start + 1))
-    indices = start + np.arange(clip_length)
+    frames = start + np.arange(span)
   else:
-    indices = np.arange(clip_length) % num_observed
+    frames = np.arange(span) % num_observed
+  indices = frames[(np.arange(clip_length) * span) // clip_length]
   return indices.astype(np.int64), np.zeros(clip_length, bool)
 
 
@@ -121,11 +136,12 @@ def sliding_windows(num_observed: int, clip_length: int, stride: Optional[int] =
 def sample(mode: str, hours: np.ndarray, *, num_frames: int, observe_hours: Optional[float] = None,
            segment_hours: float = 6.0, clip_length: Optional[int] = None,
            window_stride: Optional[int] = None, rng: Optional[np.random.Generator] = None,
-           embryo_id: str = "?"):
+           embryo_id: str = "?", temporal_scale: float = 1.0):
   """Frame indices and padding masks of one embryo, as a list of windows.
 
   Every mode but 'sliding_windows' returns a list of one (indices, mask) pair. `rng`
-  None means deterministic (evaluation) sampling.
+  None means deterministic (evaluation) sampling. `temporal_scale` applies to 'clip'
+  only (see `clip`).
   """
   count = observed_length(hours, observe_hours, embryo_id)
   length = int(clip_length or num_frames)
@@ -136,7 +152,7 @@ def sample(mode: str, hours: np.ndarray, *, num_frames: int, observe_hours: Opti
   if mode == "segments":
     return [segments(hours, count, num_frames, segment_hours, rng)]
   if mode == "clip":
-    return [clip(count, length, rng)]
+    return [clip(count, length, rng, temporal_scale)]
   if mode == "sliding_windows":
     return sliding_windows(count, length, window_stride)
   raise ValueError(f"sampling={mode!r} unknown; choose from {MODES}")

@@ -40,6 +40,8 @@ ARREST_STAGES = ("t2", "t3", "t4", "t5", "t8")
 # How often non-blast embryos arrest after each stage: most reach 8 cells and stop there,
 # so that their last frame often looks normal and only the timing betrays them.
 ARREST_WEIGHTS = (0.1, 0.1, 0.15, 0.15, 0.5)
+# The zona pellucida's outer radius, as a fraction of the frame side.
+ZONA_RADIUS = 0.42
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +176,7 @@ def _stage(plan: EmbryoPlan, hours: float) -> tuple[int, bool, float]:
 @functools.lru_cache(maxsize=8)
 def _grid(size: int):
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
-  zona, dist = _disc(yy, xx, 0.0, 0.0, 0.42, 0.01)
+  zona, dist = _disc(yy, xx, 0.0, 0.0, ZONA_RADIUS, 0.01)
   ring = 0.55 + 0.25 * np.exp(-((dist - 0.40) / 0.015) ** 2)  # background + bright zona ring
   return yy, xx, zona, ring.astype(np.float32)
 
@@ -220,7 +222,7 @@ class _Renderer:
     """Grayscale uint8 frames at `hours`, one per focal plane; each plane has its own noise
     and the embryo drifts slowly in the dish (a shift of a few pixels)."""
     plan = self.plan
-    shift = int(round(0.01 * self.size * np.sin(hours / 3.0 + plan.seed % 7)))
+    shift = drift_pixels(plan, hours, self.size)
     frames = []
     for offset, image in zip(self.focal_planes, self._planes(hours)):
       noise_rng = np.random.default_rng([plan.seed, frame_index, int(offset) + 1000])
@@ -229,6 +231,18 @@ class _Renderer:
       image = image + noise_rng.normal(0.0, 0.025, image.shape).astype(np.float32)
       frames.append(np.clip(image * 255.0, 0, 255).astype(np.uint8))
     return frames
+
+
+def drift_pixels(plan: EmbryoPlan, hours: float, size: int) -> int:
+  """The embryo's shift in the dish at `hours` (pixels down and right, both axes)."""
+  return int(round(0.01 * size * np.sin(hours / 3.0 + plan.seed % 7)))
+
+
+def embryo_disc(plan: EmbryoPlan, hours: float, size: int) -> tuple[float, float, float]:
+  """(row, column, radius) in pixels of the embryo (the zona's outline) in its frame at
+  `hours`: where the embryo is, for checks of saliency maps (blastjax.explain)."""
+  centre = size / 2.0 + drift_pixels(plan, hours, size)
+  return centre, centre, ZONA_RADIUS * size
 
 
 def render_planes(plan: EmbryoPlan, hours: float, focal_planes, size: int,

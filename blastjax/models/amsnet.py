@@ -14,7 +14,12 @@ then Res-2 .. Res-4, pooling and one prediction per time step: logits [B, T, cla
 The paper's TSM "shifts part of the channels of its input feature at moment t-1 into
 that at moment t" (a memory of the past), which is the reference's one-way online
 shift: `shift='online'` (default) makes every prediction y_t depend only on frames
-<= t, as early prediction needs. `shift='bidirectional'` gives the offline TSM.
+<= t, as early prediction needs. `shift='bidirectional'` gives the offline TSM, and
+`shift='none'` no shift at all (Table 1's baseline row: each frame on its own).
+
+`num_planes` (0 = all) keeps the central `num_planes` of the P input planes (planes
+(P - n) // 2 onwards), for Table 1's #F rows on data that holds more planes (7 planes,
+#F 3: the central 3); the planes are expected in focal-offset order.
 
 Padded steps (mask True, at any positions: a late start, an imaging gap, a short
 sequence) are closed up before the network (`masking.compact`: the valid frames first,
@@ -119,6 +124,7 @@ class AMSNet(nn.Module):
   num_classes: int = 2
   fold_div: int = 8
   shift: str = "online"
+  num_planes: int = 0
   channel_attention: bool = True
   spatial_attention: bool = True
   reduction: int = 16
@@ -129,6 +135,7 @@ class AMSNet(nn.Module):
   def __call__(self, x, train: bool = False, mask=None):
     if x.ndim != 6:
       raise ValueError(f"AMSNet expects focal video [B, T, P, H, W, C]; got shape {x.shape}")
+    x = self._central_planes(x)
     batch, frames, planes = x.shape[:3]
     config = backbone_config(self.backbone)
     # The network runs on the valid frames moved to the front (a gap or a late start is
@@ -142,16 +149,14 @@ class AMSNet(nn.Module):
     by_plane = jnp.swapaxes(x, 1, 2).reshape((batch * planes * frames,) + x.shape[3:])
     plane_valid = jnp.repeat(valid[:, None, :], planes, axis=1)  # [B, P, T]
     front = ResNet(**config, num_classes=0, dtype=self.dtype, stages=(0, 1), name="front",
-                   block_input_transform=make_shift(self.shift, frames, self.fold_div,
-                                                    plane_valid.reshape(batch * planes, frames)))
+                   block_input_transform=self._shift(frames, plane_valid.reshape(batch * planes, frames)))
     maps = front(by_plane, train=train)  # [B*P*T, h, w, c]
     maps = maps.reshape((batch, planes, frames) + maps.shape[1:])
     maps = jnp.swapaxes(maps, 1, 2).reshape((batch * frames, planes) + maps.shape[3:])
     fused = MultiFocusSelection(self.channel_attention, self.spatial_attention, self.reduction,
                                 norm, self.dtype, name="mfs")(maps)  # [B*T, h, w, c]
     back = ResNet(**config, num_classes=0, dtype=self.dtype, include_stem=False, stages=(1, 4),
-                  name="back", block_input_transform=make_shift(self.shift, frames,
-                                                                self.fold_div, valid))
+                  name="back", block_input_transform=self._shift(frames, valid))
     features = back(fused, train=train, return_feature_map=True)
     features = jnp.mean(features, axis=(1, 2)).reshape(batch, frames, -1)
     if self.num_classes:
@@ -160,11 +165,34 @@ class AMSNet(nn.Module):
     features = jnp.where(valid[:, :, None], features, 0.0)
     return masking.scatter_steps(features, mask)
 
+  def _shift(self, frames: int, valid):
+    """The residual blocks' temporal shift; None (no transform) for shift='none'."""
+    if self.shift == "none":
+      return None
+    return make_shift(self.shift, frames, self.fold_div, valid)
 
-@register(input_kind="video_focal", per_step=True, min_image_size=32,
+  def _central_planes(self, x):
+    """x [B, T, P, ...] with only its central `num_planes` planes (all when 0)."""
+    planes = x.shape[2]
+    if not self.num_planes or self.num_planes == planes:
+      return x
+    if self.num_planes > planes:
+      raise ValueError(f"AMSNet num_planes={self.num_planes}: the input has only {planes} focal planes; "
+                       "use data with more planes or a smaller num_planes (model_kwargs.num_planes)")
+    start = (planes - self.num_planes) // 2
+    return x[:, :, start:start + self.num_planes]
+
+
+def embedded_resnet(model: AMSNet) -> dict:
+  """A `model.backbone` ResNet checkpoint fills the shared front (stem, Res-1) and the
+  back (Res-2..4); see `blastjax.weights.from_torch(..., source=...)`."""
+  return {model.backbone: {"front": ("conv1", "bn1", "layer1_*"), "back": ("layer[234]_*",)}}
+
+
+@register(input_kind="video_focal", per_step=True, min_image_size=32, embeds=embedded_resnet,
           reference="amsnet_early_blastocyst_prediction.txt (no public code)")
 def amsnet(num_classes: int = 2, **kwargs) -> AMSNet:
   """AMSNet: TSM-ResNet-50 + multi-focus selection, one prediction per time step; kwargs:
-  backbone, fold_div, shift ('online'|'bidirectional'), channel_attention,
-  spatial_attention, reduction, dropout_rate, dtype."""
+  backbone, fold_div, shift ('online'|'bidirectional'|'none'), num_planes (0 = all),
+  channel_attention, spatial_attention, reduction, dropout_rate, dtype."""
   return AMSNet(num_classes=num_classes, **kwargs)

@@ -321,7 +321,13 @@ class RecurrentVideoClassifier(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(final)
 
 
-_PAPER = dict(input_kind="video", min_image_size=32,
+def embedded_resnet(model: RecurrentVideoClassifier) -> dict:
+  """A `model.backbone` ResNet checkpoint fills the frame encoder (the stages it keeps);
+  see `blastjax.weights.from_torch(..., source=...)`."""
+  return {model.backbone: {"encoder/frame_encoder/backbone": ("*",)}}
+
+
+_PAPER = dict(input_kind="video", min_image_size=32, embeds=embedded_resnet,
               reference="cleavage_stage_blastocyst_dataset.txt Table 4 (no public code)")
 
 

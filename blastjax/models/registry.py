@@ -49,6 +49,11 @@ class ModelSpec:
   # Per-key fixes applied after the layout change, for the few tensors a rule cannot
   # cover (ViT's position embeddings, resampled to the model's grid).
   torch_transforms: Optional[TorchTransforms] = None
+  # The registered models this one holds inside, for loading their checkpoints
+  # (blastjax.weights.from_torch(..., source=...)): embeds(module) -> {source model:
+  # {module path here ('/'-joined): globs over the source's top-level module names}}, e.g.
+  # {'resnet50': {'front': ('conv1', 'bn1', 'layer1_*'), 'back': ('layer[234]_*',)}}.
+  embeds: Optional[Callable[[nn.Module], dict]] = None
   # Builds the PyTorch reference (torchvision name, or a description) -- for docs.
   reference: str = ""
   # Extra keyword defaults applied before the caller's.
@@ -92,9 +97,12 @@ def final_logits(logits, mask, per_step: bool):
 
 
 def blast_probability(out, mask, per_step: bool):
-  """P(blast) [B] of a model's eval-mode output (class 1 of the softmax, in float32)."""
-  logits = final_logits(split_output(out)[0], mask if per_step else None, per_step)
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+  """P(blast) [B] of a model's eval-mode output, in float32: class 1 of the softmax, or
+  the sigmoid of the one logit of a one-output head (config.loss 'bce' / 'weighted_mse')."""
+  logits = final_logits(split_output(out)[0], mask if per_step else None, per_step).astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    return jax.nn.sigmoid(logits[:, 0])
+  return jax.nn.softmax(logits, axis=-1)[:, 1]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -103,7 +111,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def register(name: Optional[str] = None, *, input_kind: str = "image", per_step: bool = False,
              torch_key_map: Optional[TorchKeyMap] = None,
              torch_transforms: Optional[TorchTransforms] = None, reference: str = "",
-             min_image_size: int = 32, description: str = "", **defaults: Any):
+             min_image_size: int = 32, description: str = "",
+             embeds: Optional[Callable[[nn.Module], dict]] = None, **defaults: Any):
   """Decorator registering `builder(num_classes=..., **kwargs) -> nn.Module`.
 
   The model's name is `name`, or the builder's function name when `name` is None (the
@@ -120,7 +129,7 @@ def register(name: Optional[str] = None, *, input_kind: str = "image", per_step:
     _REGISTRY[model_name] = ModelSpec(
         name=model_name, builder=builder, input_kind=input_kind, per_step=per_step,
         torch_key_map=torch_key_map, torch_transforms=torch_transforms, reference=reference,
-        defaults=dict(defaults), min_image_size=min_image_size,
+        embeds=embeds, defaults=dict(defaults), min_image_size=min_image_size,
         description=description or (builder.__doc__ or "").strip().split("\n")[0])
     return builder
 

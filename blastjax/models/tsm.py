@@ -147,9 +147,16 @@ def tsm_key_map(collection: str, path: tuple) -> str:
   return f"base_model.{key}"
 
 
+def embedded_resnet(model: TSMResNet) -> dict:
+  """A `model.backbone` ResNet checkpoint (ImageNet) fills the base model; see
+  `blastjax.weights.from_torch(..., source=...)`."""
+  return {model.backbone: {"base_model": ("*",)}}
+
+
 def _tsm(backbone: str):
   """The `register` arguments of TSM on `backbone`."""
   return dict(input_kind="video", torch_key_map=tsm_key_map, min_image_size=32,
+              embeds=embedded_resnet,
               reference=f"mit-han-lab/temporal-shift-module ops.models.TSN('{backbone}', "
                         "is_shift=True, shift_place='blockres')")
 

@@ -138,7 +138,13 @@ class TwoBranchCFAM(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
 
 
-@register(input_kind="video", min_image_size=32,
+def embedded_backbones(model: TwoBranchCFAM) -> dict:
+  """Each branch's registered model fills that branch (`backbone_2d`, `backbone_3d`);
+  see `blastjax.weights.from_torch(..., source=...)`."""
+  return {model.backbone_2d: {"backbone_2d": ("*",)}, model.backbone_3d: {"backbone_3d": ("*",)}}
+
+
+@register(input_kind="video", min_image_size=32, embeds=embedded_backbones,
           reference="Köpüklü et al., YOWO (wei-tim/YOWO cfam.py), classification head")
 def yowo_cfam(num_classes: int = 2, **kwargs) -> TwoBranchCFAM:
   """YOWO-style two-branch net: 2D key-frame + 3D clip backbones fused by CFAM."""

@@ -87,8 +87,8 @@ def make_gomez_tree(root):
     f.write("video_name,TE,ICM\nAA83-7,NA,NA\n")
   return root
 
-def read_all(root, skip_invalid=False, reader=layouts.read_folder_layout):
-  report = layouts.Report()
+def read_all(root, skip_invalid=False, reader=layouts.read_folder_layout, check_jpeg_scans=False):
+  report = layouts.Report(check_jpeg_scans=check_jpeg_scans)
   return list(reader(str(root), report, skip_invalid)), report
 
 
@@ -112,3 +112,33 @@ def write_embryo_folder(root, example, resize=None, planes=None, frames=None):
       with open(os.path.join(folder, f"F{offset}", name), "wb") as f:
         f.write(data)
   return folder
+
+
+def scan_start(data):
+  """Offset of a JPEG's entropy-coded data (just after its SOS header)."""
+  sos = data.index(b"\xff\xda")
+  return sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+
+
+def damage_scan(data, rng):
+  """`data` with one random byte inside the entropy-coded data XOR-ed with a random value."""
+  damaged = bytearray(data)
+  damaged[int(rng.integers(scan_start(data), len(data) - 2))] ^= int(rng.integers(1, 256))
+  return bytes(damaged)
+
+
+def huge_header_jpeg(width=60000, height=60000, cut=True):
+  """A small JPEG whose frame header claims width x height pixels, optionally without
+  its end marker (a decompression bomb, or a cut-off export with a broken header)."""
+  data = bytearray(jpeg(100))
+  sof = data.index(b"\xff\xc0")
+  data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+  return bytes(data[:-2] if cut else data)
+
+
+def noisy_jpeg(seed=0, size=64, quality=90):
+  """A grayscale JPEG with texture (so its scan is long enough to damage)."""
+  pixels = np.random.default_rng(seed).normal(128, 30, (size, size)).clip(0, 255).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+  return buffer.getvalue()

@@ -6,6 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from blastjax.data import pipeline
+
 PLANES = np.array([-15, 0, 15], np.int32)
 
 
@@ -45,3 +47,29 @@ class MemorySource:
 
   def __getitem__(self, index):
     return self.examples[index]
+
+
+def read_batches(loader):
+  return [dict(b) for b in loader]
+
+
+def assert_same_batches(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def resume_matches(source, worker_count, **kwargs):
+  """The batches of a loader read in one go equal those of a loader resumed after 2
+  batches from the first one's state; returns them."""
+  make = lambda: pipeline.make_loader(source, worker_count=worker_count, **kwargs)
+  iterator = iter(make())
+  head = [next(iterator) for _ in range(2)]
+  state = iterator.get_state()
+  rest = list(iterator)
+  resumed = iter(make())
+  resumed.set_state(state)
+  assert_same_batches(rest, list(resumed))
+  return head + rest

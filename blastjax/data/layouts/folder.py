@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from typing import Iterator, Optional
@@ -44,25 +45,48 @@ def read_label_rows(root: str) -> tuple[dict[str, dict], dict[str, str]]:
   return by_id, duplicates
 
 
-def _plane_folders(embryo_dir: str) -> dict[str, str]:
-  """{plane folder name: path} of the sub-folders of one embryo folder."""
-  return {safe_name(n): os.path.join(embryo_dir, n) for n in sorted(os.listdir(embryo_dir))
-          if os.path.isdir(os.path.join(embryo_dir, n))}
+def _plane_folders(embryo_dir: str) -> tuple[dict[str, str], list[str]]:
+  """({plane folder name: path}, [other sub-folder names]) of one embryo folder: only
+  F<offset> folders are focal planes; others (thumbs/, exports of a viewer) are not."""
+  planes, others = {}, []
+  for name in sorted(os.listdir(embryo_dir)):
+    path = os.path.join(embryo_dir, name)
+    if os.path.isdir(path):
+      if _PLANE_RE.match(safe_name(name)):
+        planes[safe_name(name)] = path
+      else:
+        others.append(safe_name(name))
+  return planes, others
 
 
-def _folder_plane_frames(embryo_dir: str, embryo_id: str, expected_planes) -> dict[int, dict[int, str]]:
+def majority_planes(plane_sets: list) -> frozenset:
+  """The plane folders expected of every embryo: the set most embryos have (a tie goes
+  to the larger set), so that one odd embryo is the one named, not the others."""
+  counts = collections.Counter(frozenset(s) for s in plane_sets)
+  if not counts:
+    return frozenset()
+  return max(counts, key=lambda s: (counts[s], len(s), sorted(s)))
+
+
+def _folder_plane_frames(embryo_dir: str, embryo_id: str, expected_planes,
+                         report: Optional[Report] = None) -> dict[int, dict[int, str]]:
   """{plane offset: {frame number: file path}} of one embryo folder."""
-  folders = _plane_folders(embryo_dir)
+  folders, others = _plane_folders(embryo_dir)
+  if others and report is not None:
+    report.adaptations["non_plane_folder_ignored"] += len(others)
   if not folders:
-    raise InvalidEmbryo(embryo_id, safe_name(embryo_dir), "no frames (no focal-plane sub-folder F<offset>)")
+    raise InvalidEmbryo(embryo_id, safe_name(embryo_dir), "no frames (no focal-plane sub-folder F<offset>)"
+                        + (f"; ignored sub-folder(s) {others[:5]}" if others else ""))
+  expected = sorted(expected_planes)
   for name in sorted(set(expected_planes) - set(folders)):
     raise InvalidEmbryo(embryo_id, os.path.join(embryo_dir, name),
-                        f"focal plane folder missing (other embryos have {sorted(expected_planes)})")
+                        f"focal plane folder missing (most embryos have {expected})")
+  for name in sorted(set(folders) - set(expected_planes) if expected_planes else ()):
+    raise InvalidEmbryo(embryo_id, folders[name], f"focal plane folder that most embryos lack (they have "
+                        f"{expected}); remove it or give every embryo this plane")
   planes = {}
   for name, path in folders.items():
     match = _PLANE_RE.match(name)
-    if not match:
-      raise InvalidEmbryo(embryo_id, path, "sub-folder is not a focal plane named F<offset> (e.g. F0, F-15)")
     frames = {}
     for file in image_files(path):
       stem = os.path.splitext(file)[0]
@@ -108,12 +132,25 @@ def read_embryo_folder(embryo_dir: str, embryo_id: str, patient_id: str = "", la
   """One embryo folder of the `folder` layout (F<offset>/ plane sub-folders, frame files,
   optional times.csv) as a checked example; raises InvalidEmbryo naming the file at fault.
 
-  `expected_planes`: plane folder names every embryo of the dataset must have.
+  `expected_planes`: plane folder names every embryo of the dataset must have (and no
+  other); empty: any. Sub-folders not named F<offset> are ignored (and counted).
   """
-  planes = _folder_plane_frames(embryo_dir, embryo_id, expected_planes)
+  planes = _folder_plane_frames(embryo_dir, embryo_id, expected_planes, report)
   numbers = {n: p for frames in planes.values() for n, p in frames.items()}
   hours = _folder_hours(embryo_dir, embryo_id, numbers)
   return assemble(embryo_id, patient_id, label, planes, hours, "folder", report, embryo_dir, split=split)
+
+
+def _readable_plane_sets(embryo_dirs) -> list:
+  """The plane folder names of each embryo folder that can be listed (the others fail,
+  naming themselves, when read)."""
+  sets = []
+  for embryo_dir in embryo_dirs:
+    try:
+      sets.append(set(_plane_folders(embryo_dir)[0]))
+    except OSError:
+      continue
+  return sets
 
 
 def read_folder_layout(root: str, report: Report, skip_invalid: bool = False) -> Iterator[dict]:
@@ -132,7 +169,7 @@ def read_folder_layout(root: str, report: Report, skip_invalid: bool = False) ->
       raise problem
     report.skip(problem)
   valid = sorted(set(rows) & set(folders) - set(duplicates))
-  expected_planes = set().union(*(_plane_folders(folders[e]) for e in valid)) if valid else set()
+  expected_planes = majority_planes(_readable_plane_sets(folders[e] for e in valid))
   for embryo_id in valid:
     row, embryo_dir = rows[embryo_id], folders[embryo_id]
     try:

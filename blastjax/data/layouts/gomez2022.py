@@ -31,7 +31,7 @@ def _gomez_phases(path: str, embryo_id: str) -> dict[str, int]:
     raise InvalidEmbryo(embryo_id, path, "phases file missing (needed for the label)")
   phases = {}
   try:
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
       rows = list(csv.reader(f))
   except csv.Error as error:
     raise InvalidEmbryo(embryo_id, path, f"not a readable CSV file ({error})") from None
