@@ -143,12 +143,33 @@ def batch_problem(config, num_train: int) -> str:
 
 def check_splits(config, source, cross_validation: bool = False) -> None:
   """Raises SplitError for a split the run cannot use (asked of a dataset without it, a
-  training side smaller than one batch), before anything is written."""
+  training side smaller than one batch, an early_hours cut-off before a test embryo's
+  first frame), before anything is written."""
   folds = cross_validation_folds(config, source) if cross_validation else [(None, None)]
   for fold, (train_idx, test_idx) in enumerate(folds):
-    problem = batch_problem(config, make_data(config, source, train_idx, test_idx).train.size)
+    data = make_data(config, source, train_idx, test_idx)
+    problem = batch_problem(config, data.train.size) or early_hours_problem(config, source, data.test)
     if problem:
       raise SplitError(problem if not cross_validation else f"fold {fold + 1}/{len(folds)}: {problem}")
+
+
+def early_hours_problem(config, source, test) -> str:
+  """'' or why config.early_hours cannot be evaluated on `test`: a cut-off before some test
+  embryo's first frame leaves it nothing to see (today: a traceback after training).
+  Read from the build's index; builds indexed before first frames were kept: unchecked."""
+  if not config.early_hours or test.size == 0:
+    return ""
+  meta = source.metadata()
+  first = meta.get("first_hours")
+  if first is None or np.isnan(first[test]).any():
+    return ""
+  latest = int(test[np.argmax(first[test])])
+  earliest_cutoff = min(float(h) for h in config.early_hours)
+  if earliest_cutoff >= first[latest]:
+    return ""
+  return (f"config.early_hours={tuple(config.early_hours)}: the cut-off {earliest_cutoff:g} h is before the first "
+          f"frame of test embryo {meta['embryo_ids'][latest]} (at {first[latest]:.2f} h); every cut-off must be "
+          f">= {first[latest]:.2f} h")
 
 
 def loader_options(config, train: bool) -> dict:

@@ -92,3 +92,13 @@ def test_predict_with_a_config_json_of_another_model_is_one_error(run, tmp_path)
   folder = write_embryo_folder(str(tmp_path), source[0])
   with pytest.raises(predict.PredictError, match="parameters do not fit the checkpoint.*config_history.jsonl"):
     predict.predict_embryo(copy, folder)
+
+
+def test_early_hours_before_the_first_frame_is_refused_before_training(run, tmp_path):
+  config, _ = run
+  config = th.tiny_config("tiny_video", data_dir=config.data_dir, num_steps=4, early_hours=(0.5, 40.0))
+  workdir = str(tmp_path / "new_run")
+  with pytest.raises(main.UsageError, match=r"cut-off 0.5 h is before the first frame of test embryo \S+ "
+                                            r"\(at [\d.]+ h\); every cut-off must be >="):
+    main.run(config, workdir, "train")
+  assert not os.path.exists(workdir)  # refused before the workdir was touched

@@ -260,6 +260,9 @@ class EmbryoSource:
           "patient_ids": np.asarray([r["patient_id"] for r in rows], dtype=object),
           "embryo_ids": np.asarray([r["embryo_id"] for r in rows], dtype=object),
           "splits": np.asarray([r["split"] for r in rows], dtype=object),
+          # The hour of each embryo's first frame; NaN for builds indexed before it was kept.
+          "first_hours": np.asarray([np.nan if r.get("first_hour") is None else r["first_hour"] for r in rows],
+                                    np.float64),
           "class_names": CLASS_NAMES,
           "focal_planes": None if first is None else np.asarray(first["focal_planes"], np.int32),
           "num_focal_planes": 0 if first is None else len(first["focal_planes"]),

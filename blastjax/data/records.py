@@ -22,4 +22,5 @@ def index_entry(example: dict) -> dict:
   return {"embryo_id": example["embryo_id"], "patient_id": example["patient_id"],
           "label": int(example["label"]), "split": example["split"],
           "num_frames": int(len(example["hours"])), "focal_planes": [int(o) for o in example["focal_planes"]],
+          "first_hour": float(example["hours"][0]) if len(example["hours"]) else None,
           "image_size": [height, width]}
