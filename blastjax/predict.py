@@ -45,6 +45,10 @@ def define_flags() -> None:
                     "per frame, Grad-CAM or attention-rollout maps of the key frames.")
   flags.DEFINE_string("explain_dir", "", "Where --explain writes (default <workdir>/explain/<embryo_id>).")
   flags.DEFINE_integer("explain_frames", 3, "Key frames (largest attribution) --explain draws.")
+  flags.DEFINE_list("report", None, "Write the embryo's report (docs/report.md) to these paths: .html "
+                    "(self-contained) and/or .png, e.g. --report out.html,out.png.")
+  flags.DEFINE_string("embryos_dir", None, "Batch: every sub-folder is one embryo; writes --out (docs/report.md).")
+  flags.DEFINE_string("out", None, "Batch: the CSV of --embryos_dir, one row per embryo.")
 
 
 class PredictError(ValueError):
@@ -171,8 +175,12 @@ def restore_variables(workdir: str, which: str) -> tuple[dict, int]:
 def predict_embryo(workdir: str, embryo_dir: str, hours=None, checkpoint: str = "") -> dict:
   """{'embryo_id', 'prob_blast', 'by_hours': {h: prob or None}, 'notes': [...]}."""
   workdir, embryo_dir = os.path.expanduser(workdir), os.path.expanduser(embryo_dir)
-  predictor = Predictor(workdir, checkpoint)
-  example = read_embryo(embryo_dir)
+  return predict_example(Predictor(workdir, checkpoint), read_embryo(embryo_dir), hours)
+
+
+def predict_example(predictor: Predictor, example: dict, hours=None) -> dict:
+  """predict_embryo's result for an embryo already read, by a Predictor already built (one
+  restore and compile serve many embryos: the batch form)."""
   notes = check_compatible(example, predictor.config, predictor.info, predictor.spec)
   hours_all = np.asarray(example["hours"])
   note = frames_note(predictor.config, predictor.spec, hours_all.size)
@@ -224,6 +232,13 @@ def parse_hours(values) -> Optional[list]:
 def main(argv) -> None:
   del argv
   FLAGS = flags.FLAGS
+  if FLAGS.report or FLAGS.embryos_dir or FLAGS.out:
+    from blastjax import embryo_report  # only with these flags: predict's output is otherwise unchanged
+    try:
+      sys.exit(embryo_report.run_from_flags(FLAGS))
+    except PredictError as error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(1)
   if not FLAGS.workdir or not FLAGS.embryo_dir:
     print("error: --workdir and --embryo_dir are required", file=sys.stderr)
     sys.exit(2)
