@@ -145,7 +145,10 @@ def test_training_steps_lower_the_loss(converted):
   x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 32, 32, 3)), jnp.float32)
   labels = jnp.array([0, 1])
   losses = []
-  for i in range(4):
-    variables, opt_state, loss = step(variables, opt_state, x, labels, jax.random.PRNGKey(i))
+  for _ in range(4):
+    # One dropout mask for every step, so the losses are of the same function: with a new
+    # mask per step, mobilenet_v3_small's dropout noise outweighed 4 steps of descent
+    # ([0.421, 0.450, 0.410, 0.448] with the packages of 2026-12-02).
+    variables, opt_state, loss = step(variables, opt_state, x, labels, jax.random.PRNGKey(0))
     losses.append(float(loss))
   assert np.isfinite(losses).all() and losses[-1] < losses[0], f"{name}: {losses}"
