@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from blastjax.testing import tiny as th
-from tests.helpers import LARGE_MODEL
 from blastjax import config_presets, config_validation, evaluate, models, train, train_step
 
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(th.REPO, "configs", "*.py"))
@@ -319,9 +318,11 @@ def release_compiled():
 LARGE = {"vit_l_16", "wide_resnet101", "resnext101", "resnet152", "wide_resnet50"}
 
 
+# The large nets' configs are validated and built by the tests above, and their models
+# train in their own files; a whole smoke run of them beside the other xdist worker's test
+# crashed a worker on CI's 24 GB twice on 2026-12-02 (vit_l_16 peaks at 12.5 GB alone).
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=LARGE_MODEL) if n in LARGE else n
-                                  for n in CONFIG_FILES])
+@pytest.mark.parametrize("name", [n for n in CONFIG_FILES if n not in LARGE])
 def test_smoke_variant_trains_a_step(name, tmp_path_factory, release_compiled):
   data_dir = th.build_small_dataset(str(tmp_path_factory.getbasetemp() / "configs_data"))
   config = _config(name, "smoke")
