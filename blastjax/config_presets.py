@@ -19,6 +19,8 @@ blastjax. Field meanings: docs/training.md.
 """
 
 import dataclasses
+import importlib.util
+import os
 from typing import Optional
 
 import ml_collections
@@ -199,3 +201,39 @@ def benchmark(c: ml_collections.ConfigDict, arg=None, **finish_kwargs) -> ml_col
   if "select" in a:
     c.update(validation_fraction=0.1, eval_checkpoint="best", best_metric="auc")
   return finish(c, a, **finish_kwargs)
+
+
+# The config files of this checkout (configs/ beside the package).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def config_file(name: str) -> str:
+  """The path of config file `name`: a path that exists, or a file of configs/ by its name
+  (`resnet50.py` or `resnet50`). FileNotFoundError says where it looked."""
+  path = os.path.expanduser(name)
+  if os.path.isfile(path):
+    return os.path.abspath(path)
+  base = name if name.endswith(".py") else name + ".py"
+  candidate = os.path.join(CONFIGS_DIR, base)
+  if os.sep not in name and os.path.isfile(candidate):
+    return candidate
+  raise FileNotFoundError(f"config file {name!r}: neither a file nor a file of {CONFIGS_DIR}")
+
+
+def combined_arg(*args) -> str:
+  """Config arguments joined (`count` and `smoke` -> `count,smoke`), empty ones left out."""
+  return ",".join(a for a in args if a)
+
+
+def load_config(spec: str, extra_arg: str = "") -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file given as `file[:arg]` (config_file's names), with
+  `extra_arg` (e.g. 'smoke') added to its argument, as `--config file:arg` loads it."""
+  name, _, arg = spec.partition(":")
+  path = config_file(name)
+  module_name = "blastjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  loader = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigArgumentError(f"{path} has no get_config(arg=None)")
+  return module.get_config(combined_arg(arg, extra_arg) or None)

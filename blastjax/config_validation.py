@@ -7,6 +7,7 @@ touches the disk except to check that paths exist.
 
 from __future__ import annotations
 
+import ast
 import os
 from typing import Optional
 
@@ -405,6 +406,69 @@ def _feature_problems(c) -> list:
   if c.feature_weights and not os.path.exists(c.feature_weights):
     problems.append(f"config.feature_weights={c.feature_weights!r}: no such file or directory")
   return problems
+
+
+def _parent(config, dotted: str):
+  """(the ConfigDict holding field `dotted`, its last name), or ValueError naming it."""
+  *parents, name = dotted.split(".")
+  node = config
+  for index, part in enumerate(parents):
+    if not hasattr(node, "keys") or part not in node:
+      raise ValueError(f"config.{'.'.join(parents[:index + 1])} is not a config section")
+    node = node[part]
+  if not hasattr(node, "keys"):
+    raise ValueError(f"config.{'.'.join(parents)} is not a config section")
+  if not parents and name not in default_config():
+    raise ValueError(f"config field {name!r} is unknown; known fields: {', '.join(sorted(default_config().keys()))}")
+  return node, name
+
+
+def set_field(config, dotted: str, value) -> None:
+  """config.<dotted> = value (`augmentation.preset`, `dataset_options.num_embryos`); a
+  ValueError naming the field when it is unknown (top level) or its parent is no section."""
+  node, name = _parent(config, dotted)
+  node[name] = value
+
+
+def parse_field_text(config, dotted: str, text: str):
+  """The value of a `--config.<dotted>=<text>` override, typed as the field's current value
+  (bool: true/false; int; float; tuple: `30,40` or `(30, 40)`; dict: a Python/JSON
+  literal; str: the text); a ValueError naming the field when the text does not fit."""
+  node, name = _parent(config, dotted)
+  current = node[name] if name in node else None
+  where = f"--config.{dotted}={text}"
+  try:
+    if isinstance(current, bool):
+      if text.strip().lower() not in ("true", "false", "1", "0"):
+        raise ValueError("expected true or false")
+      return text.strip().lower() in ("true", "1")
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, (tuple, list)):
+      stripped = text.strip()
+      if not stripped or stripped in ("()", "[]"):
+        return ()
+      parsed = ast.literal_eval(stripped if stripped[0] in "([" else f"({stripped},)")
+      return tuple(parsed) if isinstance(parsed, (tuple, list)) else (parsed,)
+    if hasattr(current, "keys"):
+      parsed = ast.literal_eval(text)
+      if not isinstance(parsed, dict):
+        raise ValueError("expected a dict")
+      return parsed
+    if current is None:  # a new key of a section (dataset_options, model_kwargs)
+      try:
+        return ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        return text
+    return text
+  except (ValueError, SyntaxError) as error:
+    raise ValueError(f"{where}: expected {type(current).__name__} ({error})") from None
+
+
+def set_field_from_text(config, dotted: str, text: str) -> None:
+  set_field(config, dotted, parse_field_text(config, dotted, text))
 
 
 def expand_path(path):

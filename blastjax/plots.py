@@ -198,3 +198,32 @@ def plot_training_curves(path: str, rows: Sequence[Mapping[str, object]], model:
   final = max(int(row["step"]) for row in rows)
   fig.suptitle(f"{run_caption(model, final)}: training curves", fontsize=10)
   return _saved(plt, fig, path)
+
+
+def plot_table(path: str, labels, values, lows, highs, references, xlabel: str, title: str,
+               reference_label: str = "paper"):
+  """One point per row with its interval [low, high] (blastjax's), and a cross at the
+  reference value (the paper's) where there is one (NaN: none); returns the figure."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.6))
+  y = np.arange(len(labels))[::-1]
+  values, lows, highs, references = (_floats(v) for v in (values, lows, highs, references))
+  shown = np.isfinite(values)
+  bounded = shown & np.isfinite(lows) & np.isfinite(highs)
+  if bounded.any():
+    ax.errorbar(values[bounded], y[bounded], xerr=[values[bounded] - lows[bounded], highs[bounded] - values[bounded]],
+                fmt="o", color="tab:blue", capsize=3, label="blastjax (95% interval)")
+  if (shown & ~bounded).any():
+    ax.plot(values[shown & ~bounded], y[shown & ~bounded], "o", color="tab:blue",
+            label=None if bounded.any() else "blastjax")
+  if np.isfinite(references).any():
+    ax.plot(references[np.isfinite(references)], y[np.isfinite(references)], "x", color="tab:red", markersize=8,
+            label=reference_label)
+  ax.set_yticks(y)
+  ax.set_yticklabels(list(labels))
+  ax.set_xlabel(xlabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(axis="x", alpha=0.3)
+  if ax.get_legend_handles_labels()[1]:
+    ax.legend(loc="best", fontsize=8)
+  return _saved(plt, fig, path)

@@ -115,18 +115,26 @@ def has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
-def resume_problems(workdir: str, config) -> list:
-  """The fields in which `config` differs from the run it would resume (none without
-  checkpoints to resume), except those RESUMABLE_CHANGES allows."""
+def config_differences(workdir: str, config, ignore=RESUMABLE_CHANGES) -> list:
+  """`field: saved -> new` for each field in which `config` differs from workdir's
+  config.json (none when there is no config.json), except the fields in `ignore`."""
   path = os.path.join(workdir, CONFIG)
-  if not (os.path.exists(path) and has_checkpoints(workdir)):
+  if not os.path.exists(path):
     return []
   with open(path) as f:
     saved = json.load(f)
   new = _plain(config)
-  fields = sorted((set(saved) | set(new)) - set(RESUMABLE_CHANGES))
+  fields = sorted((set(saved) | set(new)) - set(ignore))
   return [f"{key}: {json.dumps(saved.get(key))} -> {json.dumps(new.get(key))}"
           for key in fields if saved.get(key) != new.get(key)]
+
+
+def resume_problems(workdir: str, config) -> list:
+  """The fields in which `config` differs from the run it would resume (none without
+  checkpoints to resume), except those RESUMABLE_CHANGES allows."""
+  if not has_checkpoints(workdir):
+    return []
+  return config_differences(workdir, config)
 
 
 def check_resume(workdir: str, config) -> None:

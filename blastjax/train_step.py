@@ -57,6 +57,24 @@ def create_model(config):
   return models.create(config.model, **kwargs), spec
 
 
+FEATURE_DIMS = {"i3d": 1024}  # per-step feature width of the feature extractors
+
+
+def count_parameters(config) -> int:
+  """The parameter count of `config`'s model at its image size and channels (counts of
+  ViTs depend on the image size; frames and focal planes share weights), by
+  jax.eval_shape: nothing is computed."""
+  model, spec = create_model(config)
+  size, channels, steps = config.image_size, 3 if config.rgb else 1, 2
+  shapes = {"image": (1, size, size, channels), "video": (1, steps, size, size, channels),
+            "video_focal": (1, steps, int(config.model_kwargs.get("num_planes", 3)), size, size, 1),
+            "features": (1, steps, FEATURE_DIMS.get(config.feature_extractor, 1024))}
+  x = jnp.zeros(shapes[spec.input_kind])
+  mask = None if spec.input_kind == "image" else jnp.zeros((1, steps), bool)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, mask=mask))
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
+
+
 # Losses of one output (P(blast) = sigmoid(logit)); 'cross_entropy' has two (softmax).
 ONE_OUTPUT_LOSSES = config_validation.ONE_OUTPUT_LOSSES
 

@@ -62,5 +62,10 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+  """The `blastjax-build` console command."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry()
