@@ -1,13 +1,14 @@
 """The video nets' factorized convolutions: blastjax's Conv3d against XLA's plain 3D
 convolution and torch's Conv3d, forward + backward, in the same run.
 
-blastjax.models.video_resnet.Conv3d runs a (1, k, k) kernel as a 2D convolution over
-the frames and a (k, 1, 1) kernel as a 2D convolution over (T, H*W). This prints, per
+blastjax.models.video_resnet.Conv3d runs a (k, 1, 1) kernel as a 2D convolution over
+(T, H*W) and any other kernel (1x3x3, 3x3x3, the 3x7x7 stem, strided 1x1x1 shortcuts,
+grouped) as one 2D convolution over the output frames per temporal tap, summed. This prints, per
 shape, the median time of a jitted forward + backward of that module, of the same
 convolution as one `lax.conv_general_dilated` over NDHWC (how nn.Conv computes it) and
 of torch.nn.Conv3d (channels-last-3d, eager), and the ratios.
 
-  python scripts/benchmark_conv3d.py                 # R(2+1)D-18 layer shapes, batch 2, 8 frames
+  python scripts/benchmark_conv3d.py                 # R3D/MC3/MFNet/R(2+1)D-18 layer shapes, batch 2, 8 frames
   python scripts/benchmark_conv3d.py --batch 8 --frames 16 --size 56 --repeats 20
 """
 
@@ -25,14 +26,20 @@ import numpy as np
 
 from blastjax.models.video_resnet import Conv3d
 
-# (name, in channels, out channels, kernel, stride, pads, spatial scale vs --size)
+# (name, in channels, out channels, kernel, stride, pads, input size as a fraction of
+# --size, groups)
 SHAPES = [
-    ("layer1 spatial 1x3x3", 64, 144, (1, 3, 3), (1, 1, 1), (0, 1, 1), 1),
-    ("layer1 temporal 3x1x1", 144, 64, (3, 1, 1), (1, 1, 1), (1, 0, 0), 1),
-    ("layer2 spatial 1x3x3", 128, 288, (1, 3, 3), (1, 1, 1), (0, 1, 1), 2),
-    ("layer2 temporal 3x1x1", 288, 128, (3, 1, 1), (1, 1, 1), (1, 0, 0), 2),
-    ("layer3 spatial 1x3x3", 256, 576, (1, 3, 3), (1, 1, 1), (0, 1, 1), 4),
-    ("layer3 temporal 3x1x1", 576, 256, (3, 1, 1), (1, 1, 1), (1, 0, 0), 4),
+    ("r3d/mc3 stem 3x7x7 /(1,2,2)", 3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), 2, 1),
+    ("r3d layer1 3x3x3", 64, 64, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, 1),
+    ("r3d layer2 3x3x3 /2", 64, 128, (3, 3, 3), (2, 2, 2), (1, 1, 1), 1, 1),
+    ("r3d downsample 1x1x1 /2", 64, 128, (1, 1, 1), (2, 2, 2), (0, 0, 0), 1, 1),
+    ("mfnet grouped 3x3x3, 16 groups", 96, 96, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, 16),
+    ("layer1 spatial 1x3x3", 64, 144, (1, 3, 3), (1, 1, 1), (0, 1, 1), 1, 1),
+    ("layer1 temporal 3x1x1", 144, 64, (3, 1, 1), (1, 1, 1), (1, 0, 0), 1, 1),
+    ("layer2 spatial 1x3x3", 128, 288, (1, 3, 3), (1, 1, 1), (0, 1, 1), 1 / 2, 1),
+    ("layer2 temporal 3x1x1", 288, 128, (3, 1, 1), (1, 1, 1), (1, 0, 0), 1 / 2, 1),
+    ("layer3 spatial 1x3x3", 256, 576, (1, 3, 3), (1, 1, 1), (0, 1, 1), 1 / 4, 1),
+    ("layer3 temporal 3x1x1", 576, 256, (3, 1, 1), (1, 1, 1), (1, 0, 0), 1 / 4, 1),
 ]
 
 
@@ -46,8 +53,8 @@ def median_ms(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def jax_timings(x, cin, cout, kernel, stride, pads, repeats):
-  module = Conv3d(cout, kernel, stride, pads)
+def jax_timings(x, cin, cout, kernel, stride, pads, groups, repeats):
+  module = Conv3d(cout, kernel, stride, pads, groups=groups)
   variables = module.init(jax.random.PRNGKey(0), x)
 
   def loss_factorized(v, x):
@@ -55,7 +62,7 @@ def jax_timings(x, cin, cout, kernel, stride, pads, repeats):
 
   def loss_plain(v, x):
     y = jax.lax.conv_general_dilated(x, v["params"]["kernel"], stride, tuple((p, p) for p in pads),
-                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=groups)
     return jnp.sum(y ** 2)
 
   out = {}
@@ -69,10 +76,10 @@ def jax_timings(x, cin, cout, kernel, stride, pads, repeats):
   return out
 
 
-def torch_ms(x, cin, cout, kernel, stride, pads, repeats):
+def torch_ms(x, cin, cout, kernel, stride, pads, groups, repeats):
   import torch
 
-  conv = torch.nn.Conv3d(cin, cout, kernel, stride, pads, bias=False).to(memory_format=torch.channels_last_3d)
+  conv = torch.nn.Conv3d(cin, cout, kernel, stride, pads, groups=groups, bias=False).to(memory_format=torch.channels_last_3d)
   data = torch.from_numpy(np.array(x)).permute(0, 4, 1, 2, 3).contiguous(
       memory_format=torch.channels_last_3d).requires_grad_(True)
 
@@ -106,11 +113,11 @@ def main(argv=None) -> int:
   print("| " + " | ".join(columns) + " |")
   print("|" + "---|" * len(columns))
   rng = np.random.default_rng(0)
-  for name, cin, cout, kernel, stride, pads, scale in SHAPES:
-    size = max(1, args.size // scale)
+  for name, cin, cout, kernel, stride, pads, fraction, groups in SHAPES:
+    size = max(1, int(args.size * fraction))
     x = jnp.asarray(rng.standard_normal((args.batch, args.frames, size, size, cin)), jnp.float32)
-    timings = jax_timings(x, cin, cout, kernel, stride, pads, args.repeats)
-    reference = None if args.no_torch else torch_ms(x, cin, cout, kernel, stride, pads, args.repeats)
+    timings = jax_timings(x, cin, cout, kernel, stride, pads, groups, args.repeats)
+    reference = None if args.no_torch else torch_ms(x, cin, cout, kernel, stride, pads, groups, args.repeats)
     row = [name, "x".join(map(str, x.shape)), f"{timings['factorized']:.2f}", f"{timings['plain']:.2f}",
            "-" if reference is None else f"{reference:.2f}",
            f"{timings['plain'] / timings['factorized']:.2f}x",

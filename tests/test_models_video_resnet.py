@@ -117,3 +117,30 @@ def test_padded_frames_do_not_change_output(small_mc3):
 
 def test_train_step_with_padding_lowers_loss(small_mc3):
   video_checks.assert_masked_adam_steps_lower_loss(*small_mc3)
+
+
+# Each way Conv3d computes (temporal 2D over (T, H*W), per-tap 2D frame convolutions with
+# and without strides or temporal padding, one grouped 3D convolution) against torch's Conv3d.
+CONV3D_CASES = [((3, 1, 1), (1, 1, 1), (1, 0, 0), 1), ((3, 1, 1), (2, 1, 1), (1, 0, 0), 1),
+                ((1, 3, 3), (1, 2, 2), (0, 1, 1), 1), ((3, 7, 7), (1, 2, 2), (1, 3, 3), 1),
+                ((3, 3, 3), (2, 2, 2), (1, 1, 1), 1), ((1, 1, 1), (2, 2, 2), (0, 0, 0), 1),
+                ((2, 3, 3), (1, 1, 1), (0, 1, 1), 1), ((3, 3, 3), (1, 2, 2), (1, 1, 1), 4)]
+
+
+@pytest.mark.parametrize("kernel,strides,pads,groups", CONV3D_CASES)
+def test_conv3d_equals_torch_forward_and_backward(kernel, strides, pads, groups):
+  x = np.random.default_rng(0).standard_normal((2, 7, 9, 9, 8)).astype(np.float32)
+  conv = video_resnet.Conv3d(12, kernel, strides, pads, groups=groups, use_bias=True)
+  variables = conv.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # a non-zero bias
+  reference = torch.nn.Conv3d(8, 12, kernel, strides, pads, groups=groups)
+  with torch.no_grad():
+    reference.weight.copy_(torch.from_numpy(np.array(variables["params"]["kernel"]).transpose(4, 3, 0, 1, 2)))
+    reference.bias.copy_(torch.from_numpy(np.array(variables["params"]["bias"])))
+  x_torch = torch.from_numpy(x.transpose(0, 4, 1, 2, 3)).requires_grad_(True)
+  expected = reference(x_torch)
+  expected.pow(2).sum().backward()
+  grad_x = jax.grad(lambda x: jnp.sum(conv.apply(variables, x) ** 2))(jnp.asarray(x))
+  np.testing.assert_allclose(np.array(conv.apply(variables, jnp.asarray(x))),
+                             expected.detach().numpy().transpose(0, 2, 3, 4, 1), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.array(grad_x), x_torch.grad.numpy().transpose(0, 2, 3, 4, 1), rtol=1e-3, atol=1e-3)

@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 
 from blastjax.models import masking, torch_compat
-from blastjax.models.registry import register
 from blastjax.models.torch_compat import symmetric_padding
+from blastjax.models.registry import register
 
 Array = jax.Array
 
@@ -60,10 +60,13 @@ class Conv3d(nn.Module):
   """A torch-like Conv3d (symmetric padding) on channels-last clips [B, T, H, W, C].
 
   Parameters are nn.Conv's ('kernel' [kt, kh, kw, in / groups, out], optional 'bias'),
-  so weights and key maps do not depend on how it computes. A (1, kh, kw) kernel runs as
-  a 2D convolution over the B*T frames and a (kt, 1, 1) kernel as a 2D convolution over
-  (T, H*W): the same sums, and XLA's CPU backend runs 2D convolutions several times
-  faster than 3D ones (scripts/benchmark_conv3d.py prints the comparison).
+  so weights and key maps do not depend on how it computes. A (kt, 1, 1) kernel with no
+  spatial stride runs as one 2D convolution over (T, H*W); any other ungrouped kernel as
+  kt 2D convolutions over the B*T' output frames (one per temporal tap, on the frames that
+  tap reads), summed; a grouped one as one 3D convolution. The same sums, computed the way
+  XLA's CPU backend runs fastest (scripts/benchmark_conv3d.py prints the comparison: a
+  strided 3x7x7 stem ~85x faster forward + backward, a strided 3x3x3 ~18x, an unstrided
+  3x3x3 the same, grouped 2D convolutions ~8x slower than one grouped 3D).
   """
 
   features: int
@@ -84,17 +87,32 @@ class Conv3d(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     (st, sh, sw), (pt, ph, pw) = self.strides, self.pads
     b, t, h, w, c = x.shape
-    if kt == 1 and st == 1 and pt == 0:       # spatial: 2D over every frame
-      y = self._conv2d(x.reshape(b * t, h, w, c), kernel[0], (sh, sw), ((ph, ph), (pw, pw)))
-      y = y.reshape((b, t) + y.shape[1:])
-    elif kh == kw == 1 and sh == sw == 1 and ph == pw == 0:  # temporal: 2D over (T, H*W)
+    if kh == kw == 1 and sh == sw == 1 and ph == pw == 0:  # temporal: 2D over (T, H*W)
       y = self._conv2d(x.reshape(b, t, h * w, c), kernel[:, 0], (st, 1), ((pt, pt), (0, 0)))
       y = y.reshape((b, y.shape[1], h, w, self.features))
-    else:
+    elif self.groups == 1:
+      y = self._frame_convs(x, kernel)
+    else:  # grouped 2D convolutions are slower still on XLA's CPU backend
       y = jax.lax.conv_general_dilated(x, kernel, self.strides, symmetric_padding(*self.pads),
                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
                                        feature_group_count=self.groups)
     return y if bias is None else y + bias
+
+  def _frame_convs(self, x: Array, kernel: Array) -> Array:
+    """The 3D convolution as a sum over its kt temporal taps of 2D convolutions: tap dt
+    reads frames dt, dt + st, ... of the temporally padded clip, one per output frame."""
+    kt = kernel.shape[0]
+    (st, sh, sw), (pt, ph, pw) = self.strides, self.pads
+    if pt:
+      x = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0)))
+    b, t, h, w, c = x.shape
+    t_out = (t - kt) // st + 1
+    y = None
+    for dt in range(kt):
+      frames = jax.lax.slice_in_dim(x, dt, dt + st * (t_out - 1) + 1, stride=st, axis=1)
+      tap = self._conv2d(frames.reshape(b * t_out, h, w, c), kernel[dt], (sh, sw), ((ph, ph), (pw, pw)))
+      y = tap if y is None else y + tap
+    return y.reshape((b, t_out) + y.shape[1:])
 
   def _conv2d(self, x, kernel, strides, padding):
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
