@@ -274,11 +274,7 @@ def early_prediction(labels, probs_by_hours: Mapping[float, Sequence[float]], th
   per_cutoff = [classification_metrics(labels, by_float[h], threshold) for h in hours]
   accuracy = [m["accuracy"] for m in per_cutoff]
   auc = [m["auc"] for m in per_cutoff]
-  if len(hours) > 1:
-    area = float(np.trapezoid(accuracy, hours) / (hours[-1] - hours[0]))
-    area_from_0h = float(np.trapezoid(accuracy, hours) / hours[-1])
-  else:
-    area = area_from_0h = float(accuracy[0])
+  area, area_from_0h = accuracy_area(hours, accuracy), accuracy_area(hours, accuracy, from_0h=True)
   curve = {"hours": hours, "accuracy": accuracy, "auc": auc,
            "sensitivity": [m["sensitivity"] for m in per_cutoff],
            "specificity": [m["specificity"] for m in per_cutoff],
@@ -288,6 +284,16 @@ def early_prediction(labels, probs_by_hours: Mapping[float, Sequence[float]], th
     curve["ci95"] = early_intervals(labels, [by_float[h] for h in hours], groups, threshold, seed=seed)
     curve["ci95_resampled"] = group_name if groups is not None else "embryos"
   return curve
+
+
+def accuracy_area(hours: Sequence[float], accuracy: Sequence[float], from_0h: bool = False) -> float:
+  """The trapezoidal area under accuracy(hours) (hours ascending) divided by the hours
+  spanned (a mean accuracy over the window) or, `from_0h`, by the last cut-off (AMSNet's
+  Table 1 "AUC"); one cut-off's area is its accuracy."""
+  if len(hours) == 1:
+    return float(accuracy[0])
+  area = float(np.trapezoid(accuracy, hours))
+  return area / hours[-1] if from_0h else area / (hours[-1] - hours[0])
 
 
 def early_intervals(labels, probs_per_cutoff: Sequence[Sequence[float]], groups=None, threshold: float = 0.5,

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from blastjax import evaluate
 from blastjax.train_data import Data, make_loader
@@ -43,8 +44,10 @@ class Evaluator:
   """P(blast) per embryo, metrics, prediction rows and the early-prediction curve of a split."""
 
   def __init__(self, runner: Runner, loader: Loader, data: Optional[Data] = None,
-               early_hours: Sequence[float] = (), gather: bool = True, temperature: float = 1.0):
+               early_hours: Sequence[float] = (), gather: bool = True, temperature: float = 1.0,
+               progress: bool = False):
     self.runner = runner
+    self.progress = progress  # a bar with ETA over an evaluation's passes (see evaluate)
     self.temperature = float(temperature)  # applied to every probability (1 = uncalibrated)
     self.loader = loader
     self.data = data
@@ -58,15 +61,21 @@ class Evaluator:
     def loader(indices, observe_hours):
       return make_loader(config, data, indices, train=False, observe_hours=observe_hours)
 
-    return cls(runner, loader, data, early_hours=config.early_hours)
+    return cls(runner, loader, data, early_hours=config.early_hours,
+               progress=bool(config.progress) and jax.process_index() == 0)
 
-  def probabilities(self, state, indices, observe_hours: Optional[float] = None):
-    """(example indices, P(blast)) over `indices`, one per embryo (windows averaged)."""
+  def probabilities(self, state, indices, observe_hours: Optional[float] = None, bar=None):
+    """(example indices, P(blast)) over `indices`, one per embryo (windows averaged);
+    `bar` (a tqdm over passes) advances by one when the pass ends."""
     rows, probs, valid = [], [], []
     for batch in self.loader(indices, observe_hours):
       probs.append(self.runner.eval_step(state, batch))
       rows.append(np.asarray(batch["example_index"]).reshape(-1))
       valid.append(np.asarray(batch["valid"]).reshape(-1))
+      if bar is not None:
+        bar.set_postfix(batches=len(probs), refresh=False)
+    if bar is not None:
+      bar.update(1)
     rows, probs, valid = map(np.concatenate, (rows, probs, valid))
     if self.gather:
       rows, probs, valid = _gather(rows, probs, valid)
@@ -81,11 +90,11 @@ class Evaluator:
     self.temperature = evaluate.fit_temperature(self.data.labels[index], probs)
     return {"temperature": self.temperature, "fitted_on": "validation", "num_embryos": int(index.size)}
 
-  def early_probabilities(self, state, indices, index) -> dict:
+  def early_probabilities(self, state, indices, index, bar=None) -> dict:
     """{hours: P(blast) of the embryos `index`} for every early_hours cut-off."""
     by_hours = {}
     for hours in self.early_hours:
-      cut_index, cut_probs = self.probabilities(state, indices, observe_hours=hours)
+      cut_index, cut_probs = self.probabilities(state, indices, observe_hours=hours, bar=bar)
       if not np.array_equal(cut_index, index):
         raise ValueError(f"early prediction at {hours:g} h lost embryos: the cut-off is before their "
                          "first frame; remove it from config.early_hours")
@@ -111,16 +120,21 @@ class Evaluator:
              "label": int(data.labels[i]), "prob_blast": float(p), "predicted": int(p >= 0.5)}
             for i, p in zip(index, probs)]
 
-  def evaluate(self, state, indices, early: bool = True, intervals: bool = True):
+  def evaluate(self, state, indices, early: bool = True, intervals: bool = True, desc: str = "evaluation"):
     """(metrics, per-embryo rows, early-prediction curve or None) of a split; without
     the bootstrap intervals (of the metrics and of each cut-off of the curve) when
-    `intervals` is False (1,000 resamples per call).
+    `intervals` is False (1,000 resamples per call). With `progress`, a bar named `desc`
+    counts the passes over the split (the full videos, then each early cut-off) with an ETA.
 
     `loss` is the mean binary cross-entropy of the final per-embryo P(blast) (windows
     averaged, temperature applied) against the labels -- not the training loss of the
     step's rows; reduce-on-plateau follows it on the validation split.
     """
-    index, probs = self.probabilities(state, indices)
+    early = early and bool(self.early_hours)
+    with tqdm(total=1 + (len(self.early_hours) if early else 0), desc=desc, unit="pass", leave=False,
+              disable=not self.progress, dynamic_ncols=True, mininterval=0, miniters=1) as bar:  # few passes
+      index, probs = self.probabilities(state, indices, bar=bar)
+      by_hours = self.early_probabilities(state, indices, index, bar=bar) if early else None
     labels = self.data.labels[index]
     groups = self.patient_groups(index) if intervals else None
     metrics = evaluate.evaluation_metrics(labels, probs, groups, group_name="patients",
@@ -130,9 +144,8 @@ class Evaluator:
     metrics["temperature"] = self.temperature
     metrics["num_embryos"] = int(index.size)
     rows = self.rows(index, probs)
-    if not (early and self.early_hours):
+    if not early:
       return metrics, rows, None
-    by_hours = self.early_probabilities(state, indices, index)
     for hours, cut_probs in by_hours.items():
       for row, p in zip(rows, cut_probs):
         row[f"prob_blast_{hours:g}h"] = float(p)

@@ -17,6 +17,16 @@ from blastjax import config_validation
 from blastjax.data import dataset
 
 
+def quiet_libraries() -> None:
+  """Third-party absl logging (JAX, orbax, TFDS) at WARNING, so that a command prints its
+  own lines; `--verbosity=0` (INFO) or higher brings theirs back. Call it from an absl
+  command's main, after the flags are parsed."""
+  from absl import flags, logging as absl_logging
+
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def log_to_stdout() -> None:
   """The `blastjax` logger's INFO lines on stdout, unprefixed (what a user of the CLI reads)."""
   logger = py_logging.getLogger("blastjax")

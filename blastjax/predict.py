@@ -232,6 +232,9 @@ def parse_hours(values) -> Optional[list]:
 def main(argv) -> None:
   del argv
   FLAGS = flags.FLAGS
+  from blastjax import launch  # light: config checks and the console logger
+
+  launch.quiet_libraries()  # orbax's INFO lines about restoring
   if FLAGS.report or FLAGS.embryos_dir or FLAGS.out:
     from blastjax import embryo_report  # only with these flags: predict's output is otherwise unchanged
     try:

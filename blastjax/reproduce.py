@@ -337,15 +337,14 @@ def parse_flags(argv):
 
 
 def main(argv) -> None:
-  from absl import flags, logging as absl_logging
+  from absl import flags
 
   flag_values = flags.FLAGS
   if len(argv) > 1:
     launch.fail(f"unexpected arguments {argv[1:]}; use --table, --workdir and --config.<field>=<value>", 2)
   if not flag_values.workdir:
     launch.fail("--workdir is required", 2)
-  if not flag_values["verbosity"].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
+  launch.quiet_libraries()
   launch.log_to_stdout()
   workdir = config_validation.expand_path(flag_values.workdir)
   try:

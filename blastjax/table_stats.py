@@ -96,10 +96,7 @@ def _early_area(predictions: Predictions, from_0h: bool) -> float:
     raise KeyError(f"{predictions.source}: the run has no early-prediction columns (config.early_hours is empty)")
   hours = sorted(predictions.early)
   accuracy = [float(((predictions.early[h] >= 0.5).astype(np.int64) == predictions.labels).mean()) for h in hours]
-  if len(hours) == 1:
-    return accuracy[0]
-  area = float(np.trapezoid(accuracy, hours))
-  return area / hours[-1] if from_0h else area / (hours[-1] - hours[0])
+  return evaluate.accuracy_area(hours, accuracy, from_0h)
 
 
 def bootstrap(predictions: Predictions, names: Sequence[str], by_patient: bool,

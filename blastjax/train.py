@@ -84,17 +84,53 @@ class MetricLog:
     return kept
 
   def write(self, step: int, kind: str, values: dict) -> None:
+    """A metrics.jsonl row of every value; TensorBoard gets the numbers that can change
+    during a run (not the counts of CONSTANT_KEYS nor flags)."""
     if not self.enabled:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
     for key, value in values.items():
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in CONSTANT_KEYS:
         self.writer.add_scalar(f"{kind}/{key}", value, step)
+
+  def write_hyperparameters(self, config) -> None:
+    """The run's hyperparameters (TensorBoard's HPARAMS tab, with validation/ and test/
+    metrics as its columns) and the whole config as text."""
+    if not self.enabled:
+      return
+    from tensorboardX.summary import hparams
+
+    values = hyperparameters(config)
+    metrics = {f"{kind}/{name}": 0.0 for kind in ("validation", "test") for name in ("accuracy", "auc")}
+    for summary in hparams(values, metrics):
+      self.writer.file_writer.add_summary(summary)
+    self.writer.add_text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```", 0)
 
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
+
+
+# Values of a metrics row that are the same at every step of a run (kept in
+# metrics.jsonl, left out of TensorBoard, where they would only draw flat lines).
+CONSTANT_KEYS = frozenset({"window_steps", "num_embryos", "num_examples", "calibrated", "temperature"})
+# The config fields TensorBoard's HPARAMS tab shows (those that differ between experiments).
+HYPERPARAMETERS = ("model", "learning_rate", "weight_decay", "batch_size", "num_steps", "num_epochs",
+                   "image_size", "num_frames", "sampling", "schedule", "warmup_steps", "loss", "class_weights",
+                   "augment", "seed", "split", "validation_fraction", "eval_checkpoint", "init_from", "freeze",
+                   "dtype")
+
+
+def hyperparameters(config) -> dict:
+  """HYPERPARAMETERS of `config` that it has, as TensorBoard's hparams types (numbers,
+  strings, booleans; None and others as text)."""
+  values = {}
+  for name in HYPERPARAMETERS:
+    if name in config:
+      value = config[name]
+      values[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return values
 
 
 class TrainWindow:
@@ -187,8 +223,10 @@ class _Saver:
   in the latest checkpoint's meta, so a resumed run compares against the same best and
   reduces the learning rate at the same validation as the uninterrupted one."""
 
-  def __init__(self, checkpoints: rundir.Checkpoints, runner: Runner, meta: dict, plateau=None):
+  def __init__(self, checkpoints: rundir.Checkpoints, runner: Runner, meta: dict, plateau=None,
+               keep_best: bool = True):
     self.checkpoints, self.runner, self.plateau = checkpoints, runner, plateau
+    self.keep_best = keep_best
     self.best_value, self.best_step = meta.get("best_value"), meta.get("best_step")
     self.window = TrainWindow(meta.get("train_window"))  # the loop's logging window
     if plateau is not None and meta.get("plateau") is not None:
@@ -204,7 +242,8 @@ class _Saver:
           "Lower learning_rate or set grad_clip_norm")
     if evaluated is not None and (self.best_value is None or evaluated > self.best_value):
       self.best_value, self.best_step = float(evaluated), step
-      self.checkpoints.save_best(step, host, float(evaluated))
+      if self.keep_best:  # eval_checkpoint='last' never reads best/: not written
+        self.checkpoints.save_best(step, host, float(evaluated))
     iterators = _gather_text(_iterator_state(iterator))
     meta = {"step": step, "data_iterators": iterators, "best_value": self.best_value, "best_step": self.best_step,
             "train_window": self.window.state_dict()}
@@ -283,13 +322,15 @@ def _loop(config, workdir: str, data: Data, loader, built, evaluator: Evaluator,
   every = eval_every(config, epoch_steps)
   host_state, iterator, meta = _resume(checkpoints, loader, built.state, workdir)
   iterator = DevicePrefetch(iterator, built.runner.put_batch, config.prefetch_to_device)
-  saver = _Saver(checkpoints, built.runner, meta, plateau)
+  saver = _Saver(checkpoints, built.runner, meta, plateau, keep_best=config.eval_checkpoint != "last")
   schedule = optim.learning_rate_schedule(config, steps)
   start = int(host_state["step"])
   state = built.runner.put_state(host_state)
   # Placed: the host copy would only hold memory (on CPU, as much again as the state).
   built.state = host_state = None
   metric_log = MetricLog(workdir, start, enabled=lead)
+  if start == 0:
+    metric_log.write_hyperparameters(config)
   pending = []
   window = saver.window
 
@@ -318,8 +359,11 @@ def _loop(config, workdir: str, data: Data, loader, built, evaluator: Evaluator,
 
   def validate(step, state):
     """(the best_metric value, the state with the plateau scale the next steps use)."""
-    val_metrics, _, _ = evaluator.evaluate(state, data.validation, early=False, intervals=False)
+    val_metrics, _, _ = evaluator.evaluate(state, data.validation, early=False, intervals=False,
+                                           desc=f"validation (step {step})")
     metric_log.write(step, "validation", {k: v for k, v in val_metrics.items() if isinstance(v, (int, float))})
+    logger.info("step %d validation (%d embryos): loss=%.4f %s", step, val_metrics["num_embryos"],
+                val_metrics["loss"], evaluate.format_metrics(val_metrics))
     if plateau is not None and plateau.step(val_metrics["loss"]):
       logger.info("step %d: validation loss %.4f, no improvement for %d validations: learning rate x %g "
                   "(scale %g)", step, val_metrics["loss"], config.plateau_patience + 1, plateau.factor,
@@ -393,7 +437,7 @@ def train_and_evaluate(config, workdir: str, source=None, train_idx=None, test_i
   logger.info("process %d: parameter checksum %s", jax.process_index(), parameter_checksum(final["params"]))
   placed = evaluator.runner.put_state(final)
   _calibrate(evaluator, placed, data, workdir, int(final["step"]))
-  metrics, rows, curve = evaluator.evaluate(placed, data.test)
+  metrics, rows, curve = evaluator.evaluate(placed, data.test, desc="test")
   metrics["step"] = int(final["step"])
   _report_test(workdir, metrics, rows, curve, config.model)
   return {**metrics, **({"early_prediction": curve} if curve else {})}
@@ -435,7 +479,7 @@ def evaluate_workdir(workdir: str, config=None) -> dict:
   evaluator, state = restore_for_evaluation(config, workdir, data)
   calibration = rundir.read_calibration(workdir, int(state["step"]))
   evaluator.temperature = calibration["temperature"] if calibration else 1.0
-  metrics, rows, curve = evaluator.evaluate(evaluator.runner.put_state(state), data.test)
+  metrics, rows, curve = evaluator.evaluate(evaluator.runner.put_state(state), data.test, desc="test")
   metrics["step"] = int(state["step"])
   _report_test(workdir, metrics, rows, curve, config.model)
   return metrics

@@ -176,22 +176,12 @@ def test_argument_parsing():
     _config("hara_resnet3d", "smoke,depth=20")
 
 
-def _param_count(config) -> int:
-  model, spec = train_step.create_model(config)
-  shapes = {"image": (1, 32, 32, 3), "video": (1, 2, 32, 32, 3), "video_focal": (1, 2, 3, 32, 32, 1),
-            "features": (1, 2, 1024)}  # I3D's 1024-d features
-  x = jnp.zeros(shapes[spec.input_kind])
-  mask = None if spec.input_kind == "image" else jnp.zeros((1, 2), bool)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, mask=mask))
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
-
-
 @pytest.mark.parametrize("name,arg", sorted(COUNTS, key=str), ids=str)
 def test_docstring_parameter_counts(name, arg):
   """The counts a config's docstring states are the model's (jax.eval_shape, no compute)."""
   count = COUNTS[(name, arg)]
   assert f"{count:,}" in _doc(name)
-  assert _param_count(_config(name, arg)) == count
+  assert train_step.count_parameters(_config(name, arg)) == count
 
 
 @pytest.mark.parametrize("name,arg", [(n, a) for n, a in _all_args() if a and "smoke" in a and "select" not in a],
@@ -199,7 +189,7 @@ def test_docstring_parameter_counts(name, arg):
 def test_every_smoke_variant_builds(name, arg):
   """Every smoke variant's model is built and initialised abstractly (one training step
   per config file is test_smoke_variant_trains_a_step's)."""
-  assert _param_count(_config(name, arg)) > 0
+  assert train_step.count_parameters(_config(name, arg)) > 0
 
 
 def test_amsnet_table1_area_is_reproduced():

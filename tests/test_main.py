@@ -176,3 +176,51 @@ def test_cross_validation_groups_patients(tmp_path, data_dir):
     by_patient.setdefault(row["patient_id"], set()).add(row["fold"])
   assert all(len(folds) == 1 for folds in by_patient.values())
   assert os.path.exists(os.path.join(workdir, "fold_1", "metrics.json"))
+
+
+def _tensorboard_events(directory):
+  """Every Event of the TensorBoard files under `directory` (TFRecord framing: length,
+  its CRC, the record, its CRC), read with tensorboardX's protobufs."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  events = []
+  for root, _, files in os.walk(directory):
+    for name in sorted(files):
+      with open(os.path.join(root, name), "rb") as f:
+        data = f.read()
+      offset = 0
+      while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        record = data[offset + 12:offset + 12 + length]
+        offset += 12 + length + 4
+        event = event_pb2.Event()
+        event.ParseFromString(record)
+        events.append(event)
+  return events
+
+
+def test_observable_run_logs_validation_and_tensorboard_without_constants(tmp_path, data_dir, caplog, capsys):
+  """Validation metrics reach the console and validation and test show progress bars;
+  TensorBoard has the learning rate, the hyperparameters and the config, and no constant
+  counts; eval_checkpoint='last' writes no best/ checkpoint."""
+  config = th.tiny_config("tiny_image", data_dir=data_dir, num_steps=4, checkpoint_every_steps=2,
+                          eval_every_steps=2, early_hours=(40.0,), eval_checkpoint="last", progress=True)
+  workdir = tmp_path / "run"
+  with caplog.at_level("INFO", logger="blastjax"):
+    train.train_and_evaluate(config, str(workdir))
+  bars = capsys.readouterr().err
+  assert "validation (step 2)" in bars and "validation (step 4)" in bars and "test: 100%" in bars
+  assert "2/2 [" in bars  # the test bar: the full videos, then the 40 h cut-off
+  validations = [r.getMessage() for r in caplog.records if " validation (" in r.getMessage()]
+  assert len(validations) == 2 and validations[0].startswith("step 2 validation (") and "auc=" in validations[0]
+  events = _tensorboard_events(workdir / "tensorboard")
+  tags = {value.tag for event in events for value in event.summary.value}
+  assert {"train/loss", "train/learning_rate", "validation/auc", "validation/loss"} <= tags
+  assert not {"train/window_steps", "validation/num_embryos", "validation/temperature"} & tags
+  assert {"_hparams_/experiment", "_hparams_/session_start_info", "config/text_summary"} <= tags
+  start = next(v for e in events for v in e.summary.value if v.tag == "_hparams_/session_start_info")
+  assert b"tiny_image" in start.metadata.plugin_data.content
+  assert os.listdir(workdir / "checkpoints")
+  assert not (workdir / "best").exists() or not os.listdir(workdir / "best")
