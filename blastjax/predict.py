@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from blastjax import feature_cache, rundir, train_data
+from blastjax import compilation_cache, feature_cache, rundir, train_data
 from blastjax.data import frames as frames_lib
 from blastjax.data import layouts, pipeline
 from blastjax.evaluator import Evaluator
@@ -44,6 +44,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("explain", False, "Also explain the prediction (docs/explain.md): integrated gradients "
                     "per frame, Grad-CAM or attention-rollout maps of the key frames.")
   flags.DEFINE_string("explain_dir", "", "Where --explain writes (default <workdir>/explain/<embryo_id>).")
+  compilation_cache.define_flag()
   flags.DEFINE_integer("explain_frames", 3, "Key frames (largest attribution) --explain draws.")
   flags.DEFINE_list("report", None, "Write the embryo's report (docs/report.md) to these paths: .html "
                     "(self-contained) and/or .png, e.g. --report out.html,out.png.")
@@ -235,6 +236,7 @@ def main(argv) -> None:
   from blastjax import launch  # light: config checks and the console logger
 
   launch.quiet_libraries()  # orbax's INFO lines about restoring
+  compilation_cache.enable_from_flags()
   if FLAGS.report or FLAGS.embryos_dir or FLAGS.out:
     from blastjax import embryo_report  # only with these flags: predict's output is otherwise unchanged
     try:

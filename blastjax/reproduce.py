@@ -36,7 +36,7 @@ from typing import Optional
 
 import ml_collections
 
-from blastjax import config_presets, config_validation, launch, tables
+from blastjax import compilation_cache, config_presets, config_validation, launch, tables
 
 logger = logging.getLogger("blastjax")
 SETTINGS = "reproduce.json"
@@ -319,6 +319,7 @@ def _define_flags():
   flags.DEFINE_boolean("collect", False, "Only rebuild the outputs from the runs present (with the "
                        "settings in the workdir's reproduce.json); say which are missing.")
   flags.DEFINE_list("rows", [], "Only these rows (their keys; default: all).")
+  compilation_cache.define_flag()
   return flags.FLAGS
 
 
@@ -346,6 +347,7 @@ def main(argv) -> None:
     launch.fail("--workdir is required", 2)
   launch.quiet_libraries()
   launch.log_to_stdout()
+  compilation_cache.enable_from_flags()  # the rows' runs share their compiled steps across seeds and reruns
   workdir = config_validation.expand_path(flag_values.workdir)
   try:
     if flag_values.collect:
