@@ -158,3 +158,12 @@ def test_default_config_builder_unpickles_in_another_process(tmp_path):
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == "synthetic"
+
+
+def test_already_built_is_said_once_per_process(synthetic_dir, capsys, monkeypatch):
+  """A command that checks several runs' datasets (reproduce: every row) says "Already
+  built" once, not once per check."""
+  monkeypatch.setattr(dataset, "_SAID_BUILT", set())
+  for _ in range(3):
+    dataset.ensure_built("synthetic", synthetic_dir, **TINY)
+  assert capsys.readouterr().out.count("Already built in ") == 1

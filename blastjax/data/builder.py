@@ -11,12 +11,19 @@ JPEG/PNG bytes, or PNG after an optional build-time resize), flattened frame-maj
 Configs: `synthetic` (the built-in simulator; the default), `folder` (the generic layout
 of blastjax.data.layouts) and `gomez2022` (Gomez et al. 2022 as its archives extract);
 the last two read `manual_dir`.
+
+The DatasetInfo describes the dataset to programs that do not import blastjax: every
+feature has a `doc` (shape, dtype, units, layout), `info.metadata` (metadata.json) holds
+frame size, frame interval, focal planes, the config's options and, for synthetic data,
+the simulator's version and seed (see `describe`), and `homepage`/`citation` name the
+public release it reads and the benchmark paper.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 from typing import Iterator, Optional
@@ -26,7 +33,68 @@ import tensorflow_datasets as tfds
 
 from blastjax.data import frames as frames_lib
 from blastjax.data import layouts, synthetic
-from blastjax.data.records import CLASS_NAMES, INDEX_FILE, REPORT_FILE, index_entry
+from blastjax.data.records import CLASS_NAMES, INDEX_FILE, REPORT_FILE, SPLIT, index_entry
+
+# The public release the gomez2022 config reads (Zenodo record 6390798).
+HOMEPAGE = "https://zenodo.org/records/6390798"
+# The release read by the gomez2022 config, then the benchmark paper whose task (blastocyst
+# prediction from cleavage-stage time-lapse frames) every config serves. The benchmark
+# paper's text states no venue, year or DOI, so its entry has none.
+CITATION = r"""@article{gomez2022timelapse,
+  author  = {Gomez, Tristan and Feyeux, Magalie and Boulant, Justine and Normand, Nicolas and
+             David, Laurent and Paul-Gilloteaux, Perrine and Fr{\'e}our, Thomas and
+             Mouch{\`e}re, Harold},
+  title   = {A time-lapse embryo dataset for morphokinetic parameter prediction},
+  journal = {Data in Brief},
+  volume  = {42},
+  pages   = {108258},
+  year    = {2022},
+  doi     = {10.1016/j.dib.2022.108258},
+}
+
+@misc{wang_cleavage_blastocyst_dataset,
+  author = {Wang, Sijia and Fan, Jing and Li, Hanhui and Zhao, Mingpeng and Li, Xuemei and
+            Chan, David Yiu Leung},
+  title  = {A Dataset for Deep Learning based Cleavage-stage Blastocyst Prediction with
+            Time-lapse Images},
+  note   = {Time-lapse images of more than 500 embryos (about 194k frames), collected
+            August 2021 to July 2023},
+}
+"""
+# Stated in metadata and in the docs of `frames` and `hours`.
+FRAME_LAYOUT = "frames[t * num_focal_planes + p]"
+TIME_UNIT = "hours since insemination"
+
+# TFDS's warning each time a builder gets a config not in BUILDER_CONFIGS.
+CUSTOM_CONFIG_MESSAGE = "Using custom data configuration"
+
+
+class _CustomConfigNotice(logging.Filter):
+  """Lowers TFDS's "Using custom data configuration" warning to DEBUG.
+
+  Every build with changed options (the smoke run's, a test's) is such a config, and
+  TFDS repeats the warning for each builder made (up to three a run) though nothing is
+  wrong. As DEBUG it shows with absl's `--verbosity=1` (or the `absl` logger at DEBUG)
+  and is hidden otherwise; every other record passes unchanged.
+  """
+
+  blastjax_custom_config_notice = True  # found again after a module reload
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno != logging.WARNING or not str(record.msg).startswith(CUSTOM_CONFIG_MESSAGE):
+      return True
+    record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+    return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _install_notice_filter() -> None:
+  """On the `absl` logger (TFDS logs through absl.logging), once per process."""
+  logger = logging.getLogger("absl")
+  if not any(getattr(f, "blastjax_custom_config_notice", False) for f in logger.filters):
+    logger.addFilter(_CustomConfigNotice())
+
+
+_install_notice_filter()
 
 
 @dataclasses.dataclass
@@ -46,6 +114,11 @@ class EmbryoTimelapseConfig(tfds.core.BuilderConfig):
   resize: Optional[int] = None
 
 
+# The fields of EmbryoTimelapseConfig that are build options (not TFDS's own: name, version...).
+OPTIONS = tuple(f.name for f in dataclasses.fields(EmbryoTimelapseConfig)
+                if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)})
+
+
 BUILDER_CONFIGS = [
     EmbryoTimelapseConfig(name="synthetic", layout="synthetic",
                           description="Built-in synthetic embryos (small: builds in well under a minute)."),
@@ -56,20 +129,85 @@ BUILDER_CONFIGS = [
 ]
 
 
+def _doc(desc: str, value_range: Optional[str] = None) -> tfds.features.Documentation:
+  return tfds.features.Documentation(desc=desc, value_range=value_range)
+
+
+# The docs go into features.json only: the stored records (and the version) are unchanged.
+FEATURE_DOCS = {
+    "embryo_id": _doc("Embryo id, unique in the dataset (synthetic SYN<patient>-<index>; folder and "
+                      "gomez2022: the embryo's folder name). Examples are stored sorted by it."),
+    "patient_id": _doc("Patient id, shared by the sibling embryos of one patient (synthetic P<index>; folder: "
+                       "labels.csv; gomez2022: the embryo id before its last '-'). Siblings share competence "
+                       "and imaging conditions: split by patient to test on new patients."),
+    "label": _doc("Whether the embryo reached the blastocyst stage.", "0 = non_blast, 1 = blast"),
+    "frames": _doc(f"bytes [T * P]: every focal plane of every frame, each its own encoded 8-bit grayscale "
+                   f"JPEG or PNG, flattened frame-major: {FRAME_LAYOUT} is frame t (at hours[t]) of plane "
+                   "focal_planes[p]; reshape(-1, num_focal_planes) gives [T, P]."),
+    "num_focal_planes": _doc("int32 scalar: P, the number of focal planes of every frame.", ">= 1"),
+    "focal_planes": _doc("int32 [P]: the offset of each plane, in the order of p in frames (0 = the central "
+                         "plane), as the source names its planes (F<offset> folders; synthetic -15, 0, 15)."),
+    "hours": _doc(f"float32 [T]: the time of each frame in {TIME_UNIT}, strictly increasing.", "hours"),
+    "event_names": _doc("bytes [E]: the morphokinetic events annotated (t2, t3, t4, t5, t8, tM, tB ...; "
+                        "gomez2022: its phases); may be empty (folder layout)."),
+    "event_frames": _doc("int32 [E]: for each of event_names, the index t of its first frame.", "0 .. T-1"),
+    "source": _doc("The layout the example was read from: synthetic, folder or gomez2022."),
+    "split": _doc("The folder layout's fixed split (train, validation, test), '' otherwise. TFDS holds "
+                  f"every embryo in one split, {SPLIT!r}."),
+}
+
+
 def features() -> tfds.features.FeaturesDict:
+  d = FEATURE_DOCS
   return tfds.features.FeaturesDict({
-      "embryo_id": tfds.features.Text(),
-      "patient_id": tfds.features.Text(),
-      "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-      "frames": tfds.features.Tensor(shape=(None,), dtype=np.object_),
-      "num_focal_planes": tfds.features.Tensor(shape=(), dtype=np.int32),
-      "focal_planes": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-      "hours": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-      "event_names": tfds.features.Tensor(shape=(None,), dtype=np.object_),
-      "event_frames": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-      "source": tfds.features.Text(),
-      "split": tfds.features.Text(),
+      "embryo_id": tfds.features.Text(doc=d["embryo_id"]),
+      "patient_id": tfds.features.Text(doc=d["patient_id"]),
+      "label": tfds.features.ClassLabel(names=list(CLASS_NAMES), doc=d["label"]),
+      "frames": tfds.features.Tensor(shape=(None,), dtype=np.object_, doc=d["frames"]),
+      "num_focal_planes": tfds.features.Tensor(shape=(), dtype=np.int32, doc=d["num_focal_planes"]),
+      "focal_planes": tfds.features.Tensor(shape=(None,), dtype=np.int32, doc=d["focal_planes"]),
+      "hours": tfds.features.Tensor(shape=(None,), dtype=np.float32, doc=d["hours"]),
+      "event_names": tfds.features.Tensor(shape=(None,), dtype=np.object_, doc=d["event_names"]),
+      "event_frames": tfds.features.Tensor(shape=(None,), dtype=np.int32, doc=d["event_frames"]),
+      "source": tfds.features.Text(doc=d["source"]),
+      "split": tfds.features.Text(doc=d["split"]),
   })
+
+
+def simulator_config(config: EmbryoTimelapseConfig) -> synthetic.SimulatorConfig:
+  """The simulator settings of a synthetic builder config."""
+  return synthetic.SimulatorConfig(
+      image_size=config.image_size, interval_minutes=config.interval_minutes,
+      horizon_hours=config.horizon_hours, num_embryos=config.num_embryos,
+      num_patients=min(config.num_patients, config.num_embryos), seed=config.simulator_seed,
+      image_format=config.image_format)
+
+
+def describe(config: EmbryoTimelapseConfig) -> dict:
+  """The metadata known from the config alone (JSON values). For folder and gomez2022 the
+  frame size, interval and planes come from the data (`observed`), after the build."""
+  meta = {"config": {"name": config.name, **{k: getattr(config, k) for k in OPTIONS}},
+          "frame_layout": FRAME_LAYOUT, "time_unit": TIME_UNIT, "class_names": list(CLASS_NAMES),
+          "split": SPLIT, "frame_size": None, "frame_interval_hours": None, "focal_planes": None}
+  if config.layout == "synthetic":
+    sim = simulator_config(config)
+    size = config.resize or sim.image_size
+    meta.update(frame_size=[size, size], frame_interval_hours=sim.interval_minutes / 60.0,
+                focal_planes=list(sim.focal_planes),
+                simulator={"version": synthetic.VERSION, "seed": sim.seed,
+                           "config": json.loads(json.dumps(dataclasses.asdict(sim)))})
+  return meta
+
+
+def observed(index: list, intervals: list) -> dict:
+  """Frame size [height, width], median frame interval (hours) and focal planes of a build,
+  from its index entries and each embryo's median frame interval; a size or plane set
+  that varies between embryos is given as the sorted list of those seen."""
+  sizes = sorted({tuple(e["image_size"]) for e in index})
+  planes = sorted({tuple(e["focal_planes"]) for e in index})
+  return {"frame_size": list(sizes[0]) if len(sizes) == 1 else [list(s) for s in sizes],
+          "frame_interval_hours": float(np.median(intervals)) if intervals else None,
+          "focal_planes": list(planes[0]) if len(planes) == 1 else [list(p) for p in planes]}
 
 
 def to_example(record: dict, resize: Optional[int] = None) -> dict:
@@ -111,7 +249,12 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=features(), supervised_keys=None,
-        description="Embryo time-lapse sequences: frames per focal plane, hours, labels, patients.",
+        description=("Embryo time-lapse sequences, one example per embryo: every frame of every focal "
+                     f"plane as encoded images ({FRAME_LAYOUT}), frame times in hours, the blast / "
+                     "non_blast label, patient ids and morphokinetic events. Built by blastjax "
+                     "(blastjax.data.builder); see metadata for frame size, interval and planes."),
+        homepage=HOMEPAGE, citation=CITATION,
+        metadata=tfds.core.MetadataDict(describe(self.builder_config)),
         # Stored in the order read (sorted by embryo id), so that the light index
         # written beside the shards (INDEX_FILE) lines up with the records.
         disable_shuffling=True)
@@ -119,16 +262,13 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     self.report = layouts.Report(check_jpeg_scans=self.check_jpeg_scans)
     self.index = []  # index_entry of every example, in storage order
+    self.intervals = []  # each embryo's median frame interval (hours), for metadata
     return {"full": self._generate_examples(dl_manager)}
 
   def _records(self, dl_manager) -> Iterator[dict]:
     config = self.builder_config
     if config.layout == "synthetic":
-      sim = synthetic.SimulatorConfig(
-          image_size=config.image_size, interval_minutes=config.interval_minutes,
-          horizon_hours=config.horizon_hours, num_embryos=config.num_embryos,
-          num_patients=min(config.num_patients, config.num_embryos), seed=config.simulator_seed,
-          image_format=config.image_format)
+      sim = simulator_config(config)
       work = [(plan, sim) for plan in synthetic.plan_embryos(sim)]
       workers = min(os.cpu_count() or 1, 4)
       if workers > 1 and len(work) >= 16:
@@ -153,6 +293,8 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
       self.report.count(record)
       example = to_example(record, self.builder_config.resize)
       self.index.append(index_entry(example))
+      if len(example["hours"]) > 1:
+        self.intervals.append(float(np.median(np.diff(example["hours"]))))
       yield len(self.index) - 1, example
     if not self.index:
       raise layouts.LayoutError(self._nothing_left())
@@ -174,6 +316,8 @@ class EmbryoTimelapse(tfds.core.GeneratorBasedBuilder):
     TFDS renames that folder into place only after this returns, so a build that is
     published always has its report (the list of skipped embryos) beside it."""
     super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    if self.builder_config.layout != "synthetic":  # TFDS writes metadata.json after this
+      self.info.metadata.update(observed(self.index, self.intervals))
     self.write_report()
 
   def write_report(self) -> str:

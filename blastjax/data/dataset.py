@@ -86,6 +86,10 @@ def get_builder(config: str = "synthetic", data_dir: Optional[str] = None, skip_
                             check_jpeg_scans=check_jpeg_scans)
 
 
+# The builds this process has already reported as built.
+_SAID_BUILT: set = set()
+
+
 def build(config: str = "synthetic", data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
           overwrite: bool = False, verbose: bool = True, **options):
   """Builds the dataset `config` (with builder `options`); returns (builder, summary text).
@@ -101,7 +105,8 @@ def build(config: str = "synthetic", data_dir: Optional[str] = None, manual_dir:
   builder = get_builder(config, data_dir, **options)
   if _is_built(builder) and not overwrite:
     text = summary(builder, _report_path(builder))
-    if verbose:
+    if verbose and builder.data_dir not in _SAID_BUILT:  # once per process (reproduce checks every row)
+      _SAID_BUILT.add(builder.data_dir)
       print(f"Already built in {builder.data_dir} (to rebuild: python -m blastjax.data.build "
             f"--config {config} --overwrite, with the same options)\n{text}", flush=True)
     return builder, text

@@ -30,6 +30,9 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image
 
+# The simulator's version: bumped whenever the same SimulatorConfig (seed included) renders
+# different embryos, so that a dataset's metadata says which simulator drew it.
+VERSION = "1.0.0"
 # Mean hours after insemination and spread of each division event (competent embryo).
 EVENT_TIMES = (("t2", 26.0, 2.0), ("t3", 37.0, 2.5), ("t4", 39.0, 2.5), ("t5", 50.0, 3.0),
                ("t8", 57.0, 3.5), ("tM", 80.0, 5.0))
