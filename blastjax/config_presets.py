@@ -1,5 +1,6 @@
-"""Shared defaults of every config file in configs/: the paper's setup (Table 2 of
-cleavage_stage_blastocyst_dataset.txt) and the `:smoke` variant.
+"""Shared defaults of every config file in blastjax/configs/ (`configs/` in a checkout):
+the paper's setup (Table 2 of cleavage_stage_blastocyst_dataset.txt) and the `:smoke`
+variant.
 
 Single-frame models: AdamW lr 1e-3, weight decay 1e-5, batch 32, 400x400, 500 epochs.
 Multi-frame models: the same optimiser, batch 16, 32 frames, 224x224, 100 epochs.
@@ -203,21 +204,29 @@ def benchmark(c: ml_collections.ConfigDict, arg=None, **finish_kwargs) -> ml_col
   return finish(c, a, **finish_kwargs)
 
 
-# The config files of this checkout (configs/ beside the package).
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The built-in config files: the package blastjax.configs, installed with blastjax (in a
+# checkout, `configs/` at the repository root is a symlink to it).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_names() -> list:
+  """The names of the built-in config files (`r2p1d.py`, ...)."""
+  return sorted(n for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and not n.startswith("_"))
 
 
 def config_file(name: str) -> str:
-  """The path of config file `name`: a path that exists, or a file of configs/ by its name
-  (`resnet50.py` or `resnet50`). FileNotFoundError says where it looked."""
+  """The path of config file `name`: a path that exists, or a built-in config file by its
+  name (`resnet50.py` or `resnet50`), from any working directory. FileNotFoundError
+  says where it looked and lists the built-in names."""
   path = os.path.expanduser(name)
   if os.path.isfile(path):
     return os.path.abspath(path)
   base = name if name.endswith(".py") else name + ".py"
   candidate = os.path.join(CONFIGS_DIR, base)
-  if os.sep not in name and os.path.isfile(candidate):
+  if os.sep not in name and "/" not in name and not base.startswith("_") and os.path.isfile(candidate):
     return candidate
-  raise FileNotFoundError(f"config file {name!r}: neither a file nor a file of {CONFIGS_DIR}")
+  raise FileNotFoundError(f"config file {name!r}: neither a file nor a file of {CONFIGS_DIR}; give a path "
+                          f"or a built-in name: {', '.join(config_names())}")
 
 
 def combined_arg(*args) -> str:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from blastjax import config_presets, config_validation
+from blastjax import compilation_cache, config_presets, config_validation
 # One run's checks and launch (re-exported: main.preflight, main.run, ...).
 from blastjax.launch import (UsageError, checked_source, dataset_problems, fail,  # noqa: F401
-                             load_workdir_config, log_to_stdout, preflight, run)
+                             load_workdir_config, log_to_stdout, preflight, quiet_libraries, run)
 
 MODES = ("train", "evaluate", "cross_validation")
 
@@ -40,6 +40,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-host: host:
                                    "(else $JAX_COORDINATOR_ADDRESS / cluster auto-detection).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
+compilation_cache.define_flag()
 
 
 def initialize_distributed(config) -> None:
@@ -69,9 +70,9 @@ def main(argv) -> None:
   config = _CONFIG.value
   if config is None and _MODE.value != "evaluate":
     fail("--config is required (e.g. --config configs/r2p1d.py:smoke)", 2)
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  quiet_libraries()
   log_to_stdout()
+  compilation_cache.enable_from_flags()
   from blastjax import rundir, train  # heavy, as in preflight
 
   try:
@@ -114,12 +115,14 @@ def missing_config(value: str, path: str) -> str:
     names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
   where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
   choices = (f"; config files in {folder}: {', '.join(names)}" if names
-             else "; give the path of a config file, e.g. configs/r2p1d.py:smoke")
+             else "; give the path of a config file or a built-in name (e.g. r2p1d.py:smoke): "
+             + ", ".join(config_presets.config_names()))
   return f"--config {value}: no such config file {path!r}{where}{choices}"
 
 
 def checked_config_path(argv) -> list:
-  """argv with `~` expanded in the --config path, once the file is known to exist
+  """argv with the --config path made a file's (`~` expanded; a built-in config's name,
+  `r2p1d` or `r2p1d.py`, replaced by its packaged file), once the file is known to exist
   (ml_collections would only raise a traceback on first use of the config)."""
   found = config_flag(argv)
   if found is None:
@@ -128,7 +131,10 @@ def checked_config_path(argv) -> list:
   path, colon, arg = value.partition(":")
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
-    fail(missing_config(value, path), 2)
+    try:  # a built-in config by name (`r2p1d.py`, `r2p1d`), from any working directory
+      path = config_presets.config_file(path)
+    except FileNotFoundError:
+      fail(missing_config(value, path), 2)
   argv = list(argv)
   argv[index] = argv[index][:len(argv[index]) - len(value)] + path + colon + arg
   return argv
@@ -169,6 +175,13 @@ def parse_flags(argv):
 
 def entry() -> None:
   app.run(main, flags_parser=parse_flags)
+
+
+def evaluate_entry() -> None:
+  """`python -m blastjax.main --mode evaluate` (the `blastjax-evaluate` command): evaluates
+  a finished run directory (`blastjax-evaluate --workdir runs/r2p1d`) from its config.json."""
+  flags.FLAGS.set_default("mode", "evaluate")
+  entry()
 
 
 if __name__ == "__main__":

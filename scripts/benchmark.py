@@ -343,20 +343,21 @@ def header(args, devices) -> str:
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--models", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
   parser.add_argument("--scale", type=float, default=1.0,
                       help="scales batch, image size and frames (CPU: 0.125)")
   parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
   parser.add_argument("--dtypes", default="bfloat16",
                       help="compute dtypes, comma-separated: bfloat16 (torch: bf16 autocast), float32")
-  parser.add_argument("--parallel", default="pmap", choices=["pmap", "shard_map"])
+  parser.add_argument("--parallel", default="pmap", choices=["pmap", "shard_map"], help="the train step's wrapper")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
   parser.add_argument("--compile_models", default="all",
                       help="models to time with torch.compile: 'all', 'none' or comma-separated "
                            "(it takes minutes per model to build on CPU)")
   parser.add_argument("--pipeline_workers", type=int, default=2, help="grain workers; -1 skips the pipeline")
-  parser.add_argument("--pipeline_batches", type=int, default=5)
+  parser.add_argument("--pipeline_batches", type=int, default=5, help="timed input-pipeline batches")
   parser.add_argument("--data_dir", default=None, help="where the synthetic dataset is (built if absent)")
   parser.add_argument("--pipeline_embryos", type=int, default=100, help="synthetic dataset: number of embryos")
   parser.add_argument("--pipeline_source_size", type=int, default=128,

@@ -92,12 +92,13 @@ def torch_ms(x, cin, cout, kernel, stride, pads, groups, repeats):
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--batch", type=int, default=2)
-  parser.add_argument("--frames", type=int, default=8)
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--batch", type=int, default=2, help="batch size")
+  parser.add_argument("--frames", type=int, default=8, help="frames per clip")
   parser.add_argument("--size", type=int, default=28, help="layer1 height = width")
-  parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--repeats", type=int, default=10, help="timed repeats (the median is printed)")
+  parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
   args = parser.parse_args(argv)
   if min(args.batch, args.frames, args.size, args.repeats) < 1:
     parser.error("--batch, --frames, --size and --repeats must be positive")

@@ -130,13 +130,14 @@ def frame_profile(source, repeats: int = 40) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--formats", nargs="+", default=["JPEG", "PNG"])
-  parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
-  parser.add_argument("--batches", type=int, default=6)
-  parser.add_argument("--batch_size", type=int, default=4)
-  parser.add_argument("--examples", type=int, default=8)
-  parser.add_argument("--no_augment", action="store_true")
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--formats", nargs="+", default=["JPEG", "PNG"], help="frame encodings to time")
+  parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="grain worker counts to time")
+  parser.add_argument("--batches", type=int, default=6, help="timed batches per row")
+  parser.add_argument("--batch_size", type=int, default=4, help="clips per batch")
+  parser.add_argument("--examples", type=int, default=8, help="embryos in the in-memory source")
+  parser.add_argument("--no_augment", action="store_true", help="time decoding and sampling only")
   parser.add_argument("--rotation_degrees", type=float, default=180.0,
                       help="0 replaces the affine rotation pass by a box resize")
   args = parser.parse_args()

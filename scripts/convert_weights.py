@@ -38,7 +38,8 @@ from blastjax import models, weights
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--model", required=True, help="registered model name, e.g. resnet50")
   parser.add_argument("--pth", required=True, action="append",
                       help="torch checkpoint (.pth) holding a state_dict (one per --source)")
@@ -46,13 +47,13 @@ def parse_args(argv=None):
                       help="registered model the checkpoint is of, embedded in --model "
                            "(e.g. resnet50 for amsnet); repeat with one --pth each")
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--in_channels", type=int, default=3)
-  parser.add_argument("--num_classes", type=int, default=2)
+  parser.add_argument("--in_channels", type=int, default=3, help="input channels of --model")
+  parser.add_argument("--num_classes", type=int, default=2, help="classes of --model's head")
   parser.add_argument("--model_kwargs", default="{}",
                       help="JSON dict of further model kwargs, e.g. '{\"backbone\": \"resnet18\"}'")
   parser.add_argument("--drop_head", action="store_true",
                       help="ignore the checkpoint's classifier (left for fresh initialisation)")
-  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   return parser.parse_args(argv)
 
 

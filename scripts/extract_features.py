@@ -46,11 +46,13 @@ def load_variables(args, example_input):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--config", default="synthetic", help="dataset config (see blastjax.data.dataset)")
-  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--data_dir", default=None,
+                      help="the TFDS data folder; None: $TFDS_DATA_DIR or ~/tensorflow_datasets")
   parser.add_argument("--split", default="all", help="'all', 'train', 'test' or a fixed split name")
-  parser.add_argument("--split_seed", type=int, default=0)
+  parser.add_argument("--split_seed", type=int, default=0, help="seed of the train/test split")
   parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="dataset builder option, repeatable (e.g. num_embryos=8), as for load_source")
   parser.add_argument("--cache_dir", required=True, help="directory of this split's cache")
@@ -60,7 +62,7 @@ def main():
   for field in dataclasses.fields(fc.ExtractionSettings):
     value = getattr(defaults, field.name)
     kind = {int: int, float: float, str: str}.get(type(value), float if "hours" in field.name else int)
-    parser.add_argument(f"--{field.name}", type=kind, default=value)
+    parser.add_argument(f"--{field.name}", type=kind, default=value, help="feature_cache.ExtractionSettings field")
   args = parser.parse_args()
   settings = fc.ExtractionSettings(**{f.name: getattr(args, f.name)
                                       for f in dataclasses.fields(fc.ExtractionSettings)})

@@ -23,9 +23,12 @@ OPTIONS = {"num_embryos": int, "num_patients": int, "image_size": int, "interval
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m blastjax.data.build", description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="synthetic", choices=("synthetic", "folder", "gomez2022"))
-  parser.add_argument("--data_dir", default=None, help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets")
+  parser = argparse.ArgumentParser(prog="python -m blastjax.data.build", description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--config", default="synthetic", choices=("synthetic", "folder", "gomez2022"),
+                      help="the dataset to build: the simulator or a layout on disk (docs/data.md)")
+  parser.add_argument("--data_dir", default=None,
+                      help="where to write it; None: $TFDS_DATA_DIR or ~/tensorflow_datasets")
   parser.add_argument("--manual_dir", default=None, help="the folder read by the folder/gomez2022 configs")
   parser.add_argument("--skip_invalid", action="store_true",
                       help="skip (and report) invalid embryos instead of stopping")
@@ -35,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="rebuild even if built; the old build is replaced only once the new one is complete")
   for name, kind in OPTIONS.items():
     parser.add_argument(f"--{name}", type=kind, default=None,
-                        help="synthetic only" if name not in ("resize",) else "resize frames to NxN at build time")
+                        help="synthetic only; None: the simulator's default" if name not in ("resize",)
+                        else "resize frames to NxN at build time; None: keep their size")
   return parser.parse_args(argv)
 
 
