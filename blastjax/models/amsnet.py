@@ -54,12 +54,14 @@ class ChannelAttention(nn.Module):
 
   reduction: int = 16
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, u):
     channels = u.shape[-1]
-    hidden = nn.Dense(max(channels // self.reduction, 1), dtype=self.dtype, name="mlp_0")
-    out = nn.Dense(channels, dtype=self.dtype, name="mlp_2")
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    hidden = dense(max(channels // self.reduction, 1), name="mlp_0")
+    out = dense(channels, name="mlp_2")
 
     def mlp(v):
       return out(nn.relu(hidden(v)))
@@ -74,12 +76,15 @@ class GaussianNonLocal2D(nn.Module):
   sub_sample: bool = True
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     batch, height, width, channels = x.shape
     inter = max(channels // 2, 1)
-    g = nn.Conv(inter, (1, 1), dtype=self.dtype, name="g")(x)
+    conv = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    g = conv(inter, name="g")(x)
     keys = x
     if self.sub_sample and height >= 2 and width >= 2:
       g = nn.max_pool(g, (2, 2), strides=(2, 2))
@@ -89,7 +94,7 @@ class GaussianNonLocal2D(nn.Module):
     g = g.reshape(batch, -1, inter)
     affinity = nn.softmax(jnp.einsum("bqc,bkc->bqk", queries, keys), axis=-1)
     y = jnp.einsum("bqk,bkc->bqc", affinity, g).reshape(batch, height, width, inter)
-    y = nn.Conv(channels, (1, 1), dtype=self.dtype, name="W_0")(y)
+    y = conv(channels, name="W_0")(y)
     y = self.norm(name="W_1", scale_init=nn.initializers.zeros)(y)
     return x + y
 
@@ -102,6 +107,7 @@ class MultiFocusSelection(nn.Module):
   reduction: int = 16
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, planes):
@@ -109,11 +115,14 @@ class MultiFocusSelection(nn.Module):
     n, p, h, w, c = planes.shape
     u = jnp.transpose(planes, (0, 2, 3, 1, 4)).reshape(n, h, w, p * c)  # [u_1 .. u_mc]
     if self.channel_attention:
-      u = ChannelAttention(self.reduction, self.dtype, name="channel_attention")(u)
-    f = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="reduce_conv")(u)
+      u = ChannelAttention(self.reduction, self.dtype, self.param_dtype,
+                           name="channel_attention")(u)
+    f = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="reduce_conv")(u)
     f = nn.relu(self.norm(name="reduce_bn")(f))
     if self.spatial_attention:
-      f = GaussianNonLocal2D(norm=self.norm, dtype=self.dtype, name="non_local")(f)
+      f = GaussianNonLocal2D(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name="non_local")(f)
     return f
 
 
@@ -130,6 +139,7 @@ class AMSNet(nn.Module):
   reduction: int = 16
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
@@ -144,24 +154,25 @@ class AMSNet(nn.Module):
     x, packed_mask = masking.compact(x, mask)
     valid = jnp.ones((batch, frames), bool) if mask is None else ~packed_mask
     norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,
-                             dtype=self.dtype)
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # Front: time folded inside each (sequence, plane) pair so the shift runs along T.
     by_plane = jnp.swapaxes(x, 1, 2).reshape((batch * planes * frames,) + x.shape[3:])
     plane_valid = jnp.repeat(valid[:, None, :], planes, axis=1)  # [B, P, T]
-    front = ResNet(**config, num_classes=0, dtype=self.dtype, stages=(0, 1), name="front",
+    front = ResNet(**config, num_classes=0, **dtypes, stages=(0, 1), name="front",
                    block_input_transform=self._shift(frames, plane_valid.reshape(batch * planes, frames)))
     maps = front(by_plane, train=train)  # [B*P*T, h, w, c]
     maps = maps.reshape((batch, planes, frames) + maps.shape[1:])
     maps = jnp.swapaxes(maps, 1, 2).reshape((batch * frames, planes) + maps.shape[3:])
     fused = MultiFocusSelection(self.channel_attention, self.spatial_attention, self.reduction,
-                                norm, self.dtype, name="mfs")(maps)  # [B*T, h, w, c]
-    back = ResNet(**config, num_classes=0, dtype=self.dtype, include_stem=False, stages=(1, 4),
+                                norm, **dtypes, name="mfs")(maps)  # [B*T, h, w, c]
+    back = ResNet(**config, num_classes=0, **dtypes, include_stem=False, stages=(1, 4),
                   name="back", block_input_transform=self._shift(frames, valid))
     features = back(fused, train=train, return_feature_map=True)
     features = jnp.mean(features, axis=(1, 2)).reshape(batch, frames, -1)
     if self.num_classes:
       features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
-      features = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(features)
+      features = nn.Dense(self.num_classes, **dtypes, name="fc")(features)
     features = jnp.where(valid[:, :, None], features, 0.0)
     return masking.scatter_steps(features, mask)
 
@@ -194,5 +205,6 @@ def embedded_resnet(model: AMSNet) -> dict:
 def amsnet(num_classes: int = 2, **kwargs) -> AMSNet:
   """AMSNet: TSM-ResNet-50 + multi-focus selection, one prediction per time step; kwargs:
   backbone, fold_div, shift ('online'|'bidirectional'|'none'), num_planes (0 = all),
-  channel_attention, spatial_attention, reduction, dropout_rate, dtype."""
+  channel_attention, spatial_attention, reduction, dropout_rate, dtype,
+  param_dtype."""
   return AMSNet(num_classes=num_classes, **kwargs)

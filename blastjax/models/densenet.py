@@ -90,15 +90,17 @@ class DenseNet(nn.Module):
   drop_rate: float = 0.0
   num_classes: int = 2
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   in_channels: Optional[int] = None  # Checked against the input when given.
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, return_feature_map: bool = False):
     del mask  # Single-image model.
     check_in_channels("DenseNet", self.in_channels, x)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=self.param_dtype, kernel_init=conv_init)
     norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,
-                             dtype=self.dtype)
+                             dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.asarray(x, self.dtype)
     x = conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv0")(x)
     x = nn.relu(norm(name="norm0")(x))
@@ -117,7 +119,7 @@ class DenseNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype,
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=torch_compat.linear_kernel_init, name="classifier")(x)
 
 
@@ -140,7 +142,7 @@ def _torchvision(name: str):
               reference=f"torchvision.models.{name}", min_image_size=32)
 
 
-# kwargs: drop_rate, bn_size, dtype, in_channels.
+# kwargs: drop_rate, bn_size, dtype, param_dtype, in_channels.
 @register(**_torchvision("densenet121"))
 def densenet121(num_classes: int = 2, **kwargs) -> DenseNet:
   """torchvision's densenet121."""

@@ -46,6 +46,13 @@ def _lstm_bias_init(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[units:2 * units].set(1.0)
 
 
+def _orthogonal_init(param_dtype):
+  """Orthogonal init computed in float32 (the QR has no bfloat16 kernel), then cast."""
+  def init(key, shape):
+    return nn.initializers.orthogonal()(key, shape, jnp.float32).astype(param_dtype)
+  return init
+
+
 class MaskedLSTM(nn.Module):
   """A Keras-style LSTM whose state is frozen on padded steps.
 
@@ -57,14 +64,16 @@ class MaskedLSTM(nn.Module):
   units: int
   recurrent_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, valid, train: bool = False):
     batch = x.shape[0]
     gates = nn.Dense(4 * self.units, kernel_init=nn.initializers.glorot_uniform(),
-                     bias_init=_lstm_bias_init, dtype=self.dtype, name="input")(x)
-    recurrent = self.param("recurrent_kernel", nn.initializers.orthogonal(),
-                           (self.units, 4 * self.units), jnp.float32).astype(self.dtype)
+                     bias_init=_lstm_bias_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="input")(x)
+    recurrent = self.param("recurrent_kernel", _orthogonal_init(self.param_dtype),
+                           (self.units, 4 * self.units)).astype(self.dtype)
     keep = 1.0 - self.recurrent_dropout_rate
     if train and self.recurrent_dropout_rate > 0:
       drop = jax.random.bernoulli(self.make_rng("dropout"), keep, (batch, self.units))
@@ -99,9 +108,11 @@ class FeatureLSTM(nn.Module):
   dropout_rate: float = 0.5
   recurrent_dropout_rate: float = 0.3
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   def _regularize(self, x, train: bool, name: str):
-    x = batch_norm(use_running_average=not train, dtype=self.dtype, name=f"{name}_bn")(x)
+    x = batch_norm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name=f"{name}_bn")(x)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
   @nn.compact
@@ -110,15 +121,16 @@ class FeatureLSTM(nn.Module):
     valid = jnp.ones(x.shape[:2], bool) if mask is None else ~mask
     for index, units in enumerate(self.lstm_units):
       x, hidden = MaskedLSTM(units, self.recurrent_dropout_rate, dtype=self.dtype,
-                             name=f"lstm{index + 1}")(x, valid, train)
+                             param_dtype=self.param_dtype, name=f"lstm{index + 1}")(x, valid, train)
     x = self._regularize(hidden, train, "lstm")
     for index, units in enumerate(self.dense_units):
       x = nn.Dense(units, kernel_init=nn.initializers.he_uniform(), dtype=self.dtype,
-                   name=f"fc{index + 1}")(x)
+                   param_dtype=self.param_dtype, name=f"fc{index + 1}")(x)
       x = self._regularize(nn.relu(x), train, f"fc{index + 1}")
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="output")(x)
 
 
 @register(input_kind="features",

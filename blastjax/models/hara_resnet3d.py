@@ -34,6 +34,7 @@ own loop padding of short clips).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -59,6 +60,11 @@ def type_a_shortcut(x: Array, planes: int, stride: int, stop_gradient: bool) -> 
   return jnp.concatenate([x, zeros], axis=-1)
 
 
+def _conv(module: nn.Module):
+  """`conv3d` in the dtype and param_dtype of `module` (a block or the network)."""
+  return functools.partial(conv3d, dtype=module.dtype, param_dtype=module.param_dtype)
+
+
 class HaraBasicBlock(nn.Module):
   """conv3x3x3-BN-ReLU, conv3x3x3-BN, plus the shortcut, ReLU."""
 
@@ -67,16 +73,17 @@ class HaraBasicBlock(nn.Module):
   shortcut_type: str = "B"
   type_a_stop_gradient: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   expansion = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     s = self.stride
-    y = conv3d(self.planes, (3, 3, 3), (s, s, s), (1, 1, 1), "conv1", self.dtype)(x)
-    y = nn.relu(batch_norm("bn1", train, self.dtype)(y))
-    y = conv3d(self.planes, (3, 3, 3), (1, 1, 1), (1, 1, 1), "conv2", self.dtype)(y)
-    y = batch_norm("bn2", train, self.dtype)(y)
+    y = _conv(self)(self.planes, (3, 3, 3), (s, s, s), (1, 1, 1), "conv1")(x)
+    y = nn.relu(batch_norm("bn1", train, self.dtype, self.param_dtype)(y))
+    y = _conv(self)(self.planes, (3, 3, 3), (1, 1, 1), (1, 1, 1), "conv2")(y)
+    y = batch_norm("bn2", train, self.dtype, self.param_dtype)(y)
     return nn.relu(y + shortcut(self, x, train))
 
 
@@ -88,18 +95,19 @@ class HaraBottleneck(nn.Module):
   shortcut_type: str = "B"
   type_a_stop_gradient: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     s = self.stride
-    y = conv3d(self.planes, (1, 1, 1), (1, 1, 1), (0, 0, 0), "conv1", self.dtype)(x)
-    y = nn.relu(batch_norm("bn1", train, self.dtype)(y))
-    y = conv3d(self.planes, (3, 3, 3), (s, s, s), (1, 1, 1), "conv2", self.dtype)(y)
-    y = nn.relu(batch_norm("bn2", train, self.dtype)(y))
-    y = conv3d(self.planes * 4, (1, 1, 1), (1, 1, 1), (0, 0, 0), "conv3", self.dtype)(y)
-    y = batch_norm("bn3", train, self.dtype)(y)
+    y = _conv(self)(self.planes, (1, 1, 1), (1, 1, 1), (0, 0, 0), "conv1")(x)
+    y = nn.relu(batch_norm("bn1", train, self.dtype, self.param_dtype)(y))
+    y = _conv(self)(self.planes, (3, 3, 3), (s, s, s), (1, 1, 1), "conv2")(y)
+    y = nn.relu(batch_norm("bn2", train, self.dtype, self.param_dtype)(y))
+    y = _conv(self)(self.planes * 4, (1, 1, 1), (1, 1, 1), (0, 0, 0), "conv3")(y)
+    y = batch_norm("bn3", train, self.dtype, self.param_dtype)(y)
     return nn.relu(y + shortcut(self, x, train))
 
 
@@ -111,8 +119,8 @@ def shortcut(block: nn.Module, x: Array, train: bool) -> Array:
   if block.shortcut_type == "A":
     return type_a_shortcut(x, out_planes, block.stride, block.type_a_stop_gradient)
   s = block.stride
-  x = conv3d(out_planes, (1, 1, 1), (s, s, s), (0, 0, 0), "downsample_0", block.dtype)(x)
-  return batch_norm("downsample_1", train, block.dtype)(x)
+  x = _conv(block)(out_planes, (1, 1, 1), (s, s, s), (0, 0, 0), "downsample_0")(x)
+  return batch_norm("downsample_1", train, block.dtype, block.param_dtype)(x)
 
 
 BLOCKS = {"basic": HaraBasicBlock, "bottleneck": HaraBottleneck}
@@ -131,6 +139,7 @@ class HaraResNet3D(nn.Module):
   widen_factor: float = 1.0
   type_a_stop_gradient: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None,
@@ -141,21 +150,22 @@ class HaraResNet3D(nn.Module):
       raise ValueError(f"block={self.block!r}; expected one of {sorted(BLOCKS)}")
     planes = [int(p * self.widen_factor) for p in BLOCK_INPLANES]
     x = masking.loop_valid_frames(x, mask)
-    x = conv3d(planes[0], (self.conv1_t_size, 7, 7), (self.conv1_t_stride, 2, 2),
-               (self.conv1_t_size // 2, 3, 3), "conv1", self.dtype)(x)
-    x = nn.relu(batch_norm("bn1", train, self.dtype)(x))
+    x = _conv(self)(planes[0], (self.conv1_t_size, 7, 7), (self.conv1_t_stride, 2, 2),
+                    (self.conv1_t_size // 2, 3, 3), "conv1")(x)
+    x = nn.relu(batch_norm("bn1", train, self.dtype, self.param_dtype)(x))
     if not self.no_max_pool:
       x = nn.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding=((1, 1),) * 3)
     block_cls = BLOCKS[self.block]
     for stage, (width, num_blocks) in enumerate(zip(planes, self.layers)):
       x = HaraStage(block_cls, width, num_blocks, 1 if stage == 0 else 2, self.shortcut_type,
-                    self.type_a_stop_gradient, dtype=self.dtype, name=f"layer{stage + 1}")(x, train)
+                    self.type_a_stop_gradient, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f"layer{stage + 1}")(x, train)
     if return_feature_map:
       return x
     x = jnp.mean(x, axis=(1, 2, 3))
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
 
 
 class HaraStage(nn.Module):
@@ -168,12 +178,14 @@ class HaraStage(nn.Module):
   shortcut_type: str = "B"
   type_a_stop_gradient: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i in range(self.num_blocks):
       x = self.block_cls(self.planes, self.stride if i == 0 else 1, self.shortcut_type,
-                         self.type_a_stop_gradient, dtype=self.dtype, name=str(i))(x, train)
+                         self.type_a_stop_gradient, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name=str(i))(x, train)
     return x
 
 

@@ -88,14 +88,17 @@ class Unit3D(nn.Module):
   use_bias: bool = False
   activation: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     pads = same_padding(x.shape[1:4], self.kernel_shape, self.strides)
     x = nn.Conv(self.features, tuple(self.kernel_shape), strides=tuple(self.strides),
-                padding=pads, use_bias=self.use_bias, dtype=self.dtype, name="conv3d")(x)
+                padding=pads, use_bias=self.use_bias, dtype=self.dtype,
+                param_dtype=self.param_dtype, name="conv3d")(x)
     if self.use_batch_norm:
-      x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
+      x = batch_norm(use_running_average=not train, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="bn")(x)
     if self.activation:
       x = nn.relu(x)
     return x
@@ -106,10 +109,11 @@ class InceptionModule(nn.Module):
 
   widths: Sequence[int]
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    unit = functools.partial(Unit3D, dtype=self.dtype)
+    unit = functools.partial(Unit3D, dtype=self.dtype, param_dtype=self.param_dtype)
     w = self.widths
     b0 = unit(w[0], name="b0")(x, train)
     b1 = unit(w[2], (3, 3, 3), name="b1b")(unit(w[1], name="b1a")(x, train), train)
@@ -125,22 +129,24 @@ class InceptionI3d(nn.Module):
   dropout_rate: float = 0.5
   features_per_step: bool = False
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   def backbone(self, x, train: bool):
-    unit = functools.partial(Unit3D, dtype=self.dtype)
+    unit = functools.partial(Unit3D, dtype=self.dtype, param_dtype=self.param_dtype)
+    mixed = functools.partial(InceptionModule, dtype=self.dtype, param_dtype=self.param_dtype)
     x = unit(64, (7, 7, 7), (2, 2, 2), name="Conv3d_1a_7x7")(x, train)
     x = max_pool_same(x, (1, 3, 3), (1, 2, 2))  # MaxPool3d_2a_3x3
     x = unit(64, name="Conv3d_2b_1x1")(x, train)
     x = unit(192, (3, 3, 3), name="Conv3d_2c_3x3")(x, train)
     x = max_pool_same(x, (1, 3, 3), (1, 2, 2))  # MaxPool3d_3a_3x3
     for name in ("Mixed_3b", "Mixed_3c"):
-      x = InceptionModule(_MIXED[name], dtype=self.dtype, name=name)(x, train)
+      x = mixed(_MIXED[name], name=name)(x, train)
     x = max_pool_same(x, (3, 3, 3), (2, 2, 2))  # MaxPool3d_4a_3x3
     for name in ("Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f"):
-      x = InceptionModule(_MIXED[name], dtype=self.dtype, name=name)(x, train)
+      x = mixed(_MIXED[name], name=name)(x, train)
     x = max_pool_same(x, (2, 2, 2), (2, 2, 2))  # MaxPool3d_5a_2x2
     for name in ("Mixed_5b", "Mixed_5c"):
-      x = InceptionModule(_MIXED[name], dtype=self.dtype, name=name)(x, train)
+      x = mixed(_MIXED[name], name=name)(x, train)
     return final_avg_pool(x)  # [B, T', h, w, 1024]
 
   @nn.compact
@@ -153,7 +159,7 @@ class InceptionI3d(nn.Module):
       return jnp.mean(pooled, axis=(1, 2, 3))
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
     logits = Unit3D(self.num_classes, use_batch_norm=False, use_bias=True, activation=False,
-                    dtype=self.dtype, name="logits")(pooled, train)
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="logits")(pooled, train)
     return jnp.mean(logits, axis=(1, 2, 3))
 
 

@@ -46,13 +46,15 @@ class BasicConv2d(nn.Module):
   stride: int = 1
   padding: IntPair = 0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = nn.Conv(self.features, _pair(self.kernel_size), strides=(self.stride, self.stride),
                 padding=torch_compat.symmetric_padding(*_pair(self.padding)), use_bias=False,
-                dtype=self.dtype, name="conv")(x)
-    x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
+                dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    x = batch_norm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="bn")(x)
     return nn.relu(x)
 
 
@@ -68,10 +70,11 @@ def _max_pool_3x3_s2(x):
 class InceptionA(nn.Module):
   pool_features: int
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype, param_dtype=self.param_dtype)
     b1 = conv(64, 1, name="branch1x1")(x, train)
     b5 = conv(48, 1, name="branch5x5_1")(x, train)
     b5 = conv(64, 5, padding=2, name="branch5x5_2")(b5, train)
@@ -84,10 +87,11 @@ class InceptionA(nn.Module):
 
 class InceptionB(nn.Module):
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype, param_dtype=self.param_dtype)
     b3 = conv(384, 3, stride=2, name="branch3x3")(x, train)
     bd = conv(64, 1, name="branch3x3dbl_1")(x, train)
     bd = conv(96, 3, padding=1, name="branch3x3dbl_2")(bd, train)
@@ -98,10 +102,11 @@ class InceptionB(nn.Module):
 class InceptionC(nn.Module):
   channels_7x7: int
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype, param_dtype=self.param_dtype)
     c7 = self.channels_7x7
     b1 = conv(192, 1, name="branch1x1")(x, train)
     b7 = conv(c7, 1, name="branch7x7_1")(x, train)
@@ -118,10 +123,11 @@ class InceptionC(nn.Module):
 
 class InceptionD(nn.Module):
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype, param_dtype=self.param_dtype)
     b3 = conv(192, 1, name="branch3x3_1")(x, train)
     b3 = conv(320, 3, stride=2, name="branch3x3_2")(b3, train)
     b7 = conv(192, 1, name="branch7x7x3_1")(x, train)
@@ -133,10 +139,11 @@ class InceptionD(nn.Module):
 
 class InceptionE(nn.Module):
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype, param_dtype=self.param_dtype)
     b1 = conv(320, 1, name="branch1x1")(x, train)
     b3 = conv(384, 1, name="branch3x3_1")(x, train)
     b3 = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3, train),
@@ -156,6 +163,7 @@ class InceptionAux(nn.Module):
 
   num_classes: int
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -167,10 +175,10 @@ class InceptionAux(nn.Module):
           f"inception_v3 aux_logits=True needs a Mixed_6e map of at least 17x17 (input >= 299x299); "
           f"got {x.shape[1]}x{x.shape[2]}. Use larger images or aux_logits=False.")
     x = nn.avg_pool(x, (5, 5), strides=(3, 3), padding="VALID")
-    x = BasicConv2d(128, 1, dtype=self.dtype, name="conv0")(x, train)
-    x = BasicConv2d(768, 5, dtype=self.dtype, name="conv1")(x, train)
+    x = BasicConv2d(128, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="conv0")(x, train)
+    x = BasicConv2d(768, 5, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
 
 
 class Inception3(nn.Module):
@@ -181,6 +189,7 @@ class Inception3(nn.Module):
   transform_input: bool = False
   dropout: float = 0.5
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   in_channels: Optional[int] = None  # Checked against the input when given.
 
   def _transform_input(self, x):
@@ -198,7 +207,7 @@ class Inception3(nn.Module):
     x = jnp.asarray(x, self.dtype)
     if self.transform_input:
       x = self._transform_input(x)
-    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype, param_dtype=self.param_dtype)
     x = conv(32, 3, stride=2, name="Conv2d_1a_3x3")(x, train)
     x = conv(32, 3, name="Conv2d_2a_3x3")(x, train)
     x = conv(64, 3, padding=1, name="Conv2d_2b_3x3")(x, train)
@@ -206,27 +215,29 @@ class Inception3(nn.Module):
     x = conv(80, 1, name="Conv2d_3b_1x1")(x, train)
     x = conv(192, 3, name="Conv2d_4a_3x3")(x, train)
     x = _max_pool_3x3_s2(x)
-    x = InceptionA(32, dtype=self.dtype, name="Mixed_5b")(x, train)
-    x = InceptionA(64, dtype=self.dtype, name="Mixed_5c")(x, train)
-    x = InceptionA(64, dtype=self.dtype, name="Mixed_5d")(x, train)
-    x = InceptionB(dtype=self.dtype, name="Mixed_6a")(x, train)
-    x = InceptionC(128, dtype=self.dtype, name="Mixed_6b")(x, train)
-    x = InceptionC(160, dtype=self.dtype, name="Mixed_6c")(x, train)
-    x = InceptionC(160, dtype=self.dtype, name="Mixed_6d")(x, train)
-    x = InceptionC(192, dtype=self.dtype, name="Mixed_6e")(x, train)
+    x = InceptionA(32, dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_5b")(x, train)
+    x = InceptionA(64, dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_5c")(x, train)
+    x = InceptionA(64, dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_5d")(x, train)
+    x = InceptionB(dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_6a")(x, train)
+    x = InceptionC(128, dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_6b")(x, train)
+    x = InceptionC(160, dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_6c")(x, train)
+    x = InceptionC(160, dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_6d")(x, train)
+    x = InceptionC(192, dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_6e")(x, train)
     aux = None
     # torchvision runs the head only in training; `init` builds its variables regardless.
     use_aux = self.aux_logits and self.num_classes > 0
     if use_aux and (train or self.is_initializing()):
-      aux = InceptionAux(self.num_classes, dtype=self.dtype, name="AuxLogits")(x, train)
-    x = InceptionD(dtype=self.dtype, name="Mixed_7a")(x, train)
-    x = InceptionE(dtype=self.dtype, name="Mixed_7b")(x, train)
-    x = InceptionE(dtype=self.dtype, name="Mixed_7c")(x, train)
+      aux = InceptionAux(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name="AuxLogits")(x, train)
+    x = InceptionD(dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_7a")(x, train)
+    x = InceptionE(dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_7b")(x, train)
+    x = InceptionE(dtype=self.dtype, param_dtype=self.param_dtype, name="Mixed_7c")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
     if self.num_classes == 0:
       return x
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="fc")(x)
     if use_aux and train:
       return logits, aux
     return logits
@@ -236,5 +247,6 @@ class Inception3(nn.Module):
 @register(input_kind="image", torch_key_map=torch_compat.joined_key_map,
           reference="torchvision.models.inception_v3", min_image_size=75)
 def inception_v3(num_classes: int = 2, **kwargs) -> Inception3:
-  """Inception-v3 (torchvision); `aux_logits`, `transform_input`, `dropout`, `dtype`."""
+  """Inception-v3 (torchvision); `aux_logits`, `transform_input`, `dropout`, `dtype`,
+  `param_dtype`."""
   return Inception3(num_classes=num_classes, **kwargs)

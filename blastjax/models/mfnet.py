@@ -53,12 +53,13 @@ class BnAcConv3d(nn.Module):
   strides: Sequence[int] = (1, 1, 1)
   groups: int = 1
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = nn.relu(batch_norm("bn", train, self.dtype)(x))
+    x = nn.relu(batch_norm("bn", train, self.dtype, self.param_dtype)(x))
     return conv3d(self.features, self.kernel, self.strides, self.pads, "conv", self.dtype,
-                  groups=self.groups, kernel_init=xavier_init)(x)
+                  groups=self.groups, kernel_init=xavier_init, param_dtype=self.param_dtype)(x)
 
 
 class MFUnit(nn.Module):
@@ -75,13 +76,15 @@ class MFUnit(nn.Module):
   first_block: bool = False
   use_3d: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     num_in = x.shape[-1]
     num_ix = self.num_mid // 4
     kt, pt = (3, 1) if self.use_3d else (1, 0)
-    unit = lambda *a, **k: BnAcConv3d(*a, dtype=self.dtype, **k)  # noqa: E731
+    unit = lambda *a, **k: BnAcConv3d(*a, dtype=self.dtype, param_dtype=self.param_dtype,  # noqa: E731
+                                      **k)
     h = unit(num_ix, name="conv_i1")(x, train)
     x_in = x + unit(num_in, name="conv_i2")(h, train)
     h = unit(self.num_mid, (kt, 3, 3), (pt, 1, 1), self.strides, self.groups,
@@ -102,12 +105,14 @@ class MFStage(nn.Module):
   num_units: int
   strides: Sequence[int]
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i in range(1, self.num_units + 1):
       x = MFUnit(self.num_mid, self.num_out, strides=self.strides if i == 1 else (1, 1, 1),
-                 first_block=i == 1, dtype=self.dtype, name=f"B{i:02d}")(x, train)
+                 first_block=i == 1, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name=f"B{i:02d}")(x, train)
     return x
 
 
@@ -115,21 +120,24 @@ class Conv1(nn.Module):
   """The stem: Conv3d 3x5x5, stride (1, 2, 2), 16 channels -> BN -> ReLU (`conv`, `bn`)."""
 
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = conv3d(16, (3, 5, 5), (1, 2, 2), (1, 2, 2), "conv", self.dtype, kernel_init=xavier_init)(x)
-    return nn.relu(batch_norm("bn", train, self.dtype)(x))
+    x = conv3d(16, (3, 5, 5), (1, 2, 2), (1, 2, 2), "conv", self.dtype,
+               param_dtype=self.param_dtype, kernel_init=xavier_init)(x)
+    return nn.relu(batch_norm("bn", train, self.dtype, self.param_dtype)(x))
 
 
 class Tail(nn.Module):
   """The final BN -> ReLU (`bn`)."""
 
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    return nn.relu(batch_norm("bn", train, self.dtype)(x))
+    return nn.relu(batch_norm("bn", train, self.dtype, self.param_dtype)(x))
 
 
 class MFNet3D(nn.Module):
@@ -137,27 +145,28 @@ class MFNet3D(nn.Module):
 
   num_classes: int = 2
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None,
                return_feature_map: bool = False) -> Array:
     x = masking.loop_valid_frames(x, mask)
-    x = Conv1(dtype=self.dtype, name="conv1")(x, train)
+    x = Conv1(dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x, train)
     x = nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
     num_mid, num_out = 96, 96
     for stage, num_units in enumerate(UNITS_PER_STAGE):
       strides = (2, 1, 1) if stage == 0 else (1, 2, 2)
       x = MFStage(num_mid, num_out, num_units, strides, dtype=self.dtype,
-                  name=f"conv{stage + 2}")(x, train)
+                  param_dtype=self.param_dtype, name=f"conv{stage + 2}")(x, train)
       num_mid, num_out = 2 * num_mid, 2 * num_out
-    x = Tail(dtype=self.dtype, name="tail")(x, train)
+    x = Tail(dtype=self.dtype, param_dtype=self.param_dtype, name="tail")(x, train)
     if return_feature_map:
       return x
     x = jnp.mean(x, axis=(1, 2, 3))
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=xavier_init,
-                    name="classifier")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=xavier_init, name="classifier")(x)
 
 
 # `('conv2', 'B01', 'conv_i1', 'bn', 'scale')` -> `'conv2.B01.conv_i1.bn.weight'`.

@@ -77,14 +77,17 @@ class ConvNormActivation(nn.Module):
   groups: int = 1
   activation: Optional[Callable] = nn.relu
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                 strides=(self.stride, self.stride),
                 padding=torch_compat.kernel_padding(self.kernel_size),
-                feature_group_count=self.groups, use_bias=False, dtype=self.dtype, name="conv")(x)
-    x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
+                feature_group_count=self.groups, use_bias=False, dtype=self.dtype,
+                param_dtype=self.param_dtype, name="conv")(x)
+    x = batch_norm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="bn")(x)
     return x if self.activation is None else self.activation(x)
 
 
@@ -93,12 +96,15 @@ class SqueezeExcitation(nn.Module):
 
   squeeze_channels: int
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-    scale = nn.relu(nn.Conv(self.squeeze_channels, (1, 1), dtype=self.dtype, name="fc1")(scale))
-    scale = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="fc2")(scale)
+    conv = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    scale = nn.relu(conv(self.squeeze_channels, name="fc1")(scale))
+    scale = conv(x.shape[-1], name="fc2")(scale)
     return jax.nn.hard_sigmoid(scale) * x
 
 
@@ -107,12 +113,13 @@ class InvertedResidual(nn.Module):
 
   config: BlockConfig
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     cfg = self.config
     act = _ACTIVATIONS[cfg.activation]
-    unit = functools.partial(ConvNormActivation, dtype=self.dtype)
+    unit = functools.partial(ConvNormActivation, dtype=self.dtype, param_dtype=self.param_dtype)
     y, index = x, 0
     if cfg.expanded != cfg.in_channels:
       y = unit(cfg.expanded, 1, activation=act, name=f"block_{index}")(y, train)
@@ -122,7 +129,7 @@ class InvertedResidual(nn.Module):
     index += 1
     if cfg.use_se:
       y = SqueezeExcitation(make_divisible(cfg.expanded // 4), dtype=self.dtype,
-                            name=f"block_{index}")(y)
+                            param_dtype=self.param_dtype, name=f"block_{index}")(y)
       index += 1
     y = unit(cfg.out_channels, 1, activation=None, name=f"block_{index}")(y, train)
     if cfg.stride == 1 and cfg.in_channels == cfg.out_channels:
@@ -138,6 +145,7 @@ class MobileNetV3(nn.Module):
   num_classes: int = 2
   dropout: float = 0.2
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   in_channels: Optional[int] = None  # Checked against the input when given.
 
   @nn.compact
@@ -145,19 +153,21 @@ class MobileNetV3(nn.Module):
     del mask  # Single-image model.
     check_in_channels("MobileNetV3", self.in_channels, x)
     x = jnp.asarray(x, self.dtype)
-    unit = functools.partial(ConvNormActivation, dtype=self.dtype)
+    unit = functools.partial(ConvNormActivation, dtype=self.dtype, param_dtype=self.param_dtype)
     x = unit(self.blocks[0].in_channels, 3, stride=2, activation=jax.nn.hard_swish,
              name="features_0")(x, train)
     for i, cfg in enumerate(self.blocks, start=1):
-      x = InvertedResidual(cfg, dtype=self.dtype, name=f"features_{i}")(x, train)
+      x = InvertedResidual(cfg, dtype=self.dtype, param_dtype=self.param_dtype,
+                           name=f"features_{i}")(x, train)
     x = unit(6 * self.blocks[-1].out_channels, 1, activation=jax.nn.hard_swish,
              name=f"features_{len(self.blocks) + 1}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes == 0:
       return x
-    x = jax.nn.hard_swish(nn.Dense(self.last_channel, dtype=self.dtype, name="classifier_0")(x))
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = jax.nn.hard_swish(dense(self.last_channel, name="classifier_0")(x))
     x = nn.Dropout(self.dropout, deterministic=not train, name="classifier_2")(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier_3")(x)
+    return dense(self.num_classes, name="classifier_3")(x)
 
 
 _UNIT_CHILDREN = {"conv": "0", "bn": "1"}
@@ -172,12 +182,12 @@ def mobilenet_key_map(collection: str, path: tuple) -> str:
 @register(input_kind="image", torch_key_map=mobilenet_key_map,
           reference="torchvision.models.mobilenet_v3_large", min_image_size=32)
 def mobilenet_v3_large(num_classes: int = 2, **kwargs) -> MobileNetV3:
-  """MobileNetV3-Large (torchvision); `dropout`, `dtype`."""
+  """MobileNetV3-Large (torchvision); `dropout`, `dtype`, `param_dtype`."""
   return MobileNetV3(blocks=LARGE, last_channel=1280, num_classes=num_classes, **kwargs)
 
 
 @register(input_kind="image", torch_key_map=mobilenet_key_map,
           reference="torchvision.models.mobilenet_v3_small", min_image_size=32)
 def mobilenet_v3_small(num_classes: int = 2, **kwargs) -> MobileNetV3:
-  """MobileNetV3-Small (torchvision); `dropout`, `dtype`."""
+  """MobileNetV3-Small (torchvision); `dropout`, `dtype`, `param_dtype`."""
   return MobileNetV3(blocks=SMALL, last_channel=1024, num_classes=num_classes, **kwargs)

@@ -51,12 +51,14 @@ class ConvLSTMCell(nn.Module):
   features: int
   kernel_size: int = 3
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, carry, x):
     cell, hidden = carry
     conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size,) * 2,
-                             padding=kernel_padding(self.kernel_size), dtype=self.dtype)
+                             padding=kernel_padding(self.kernel_size), dtype=self.dtype,
+                             param_dtype=self.param_dtype)
     gates = (conv(4 * self.features, name="input_conv")(x)  # W_x{i,f,c,o} * X_t + b
              + conv(4 * self.features, use_bias=False, name="hidden_conv")(hidden))
     i, f, g, o = jnp.split(gates, 4, axis=-1)
@@ -81,11 +83,13 @@ class ConvGRUCell(nn.Module):
   features: int
   kernel_size: int = 3
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, hidden, x):
     conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size,) * 2,
-                             padding=kernel_padding(self.kernel_size), dtype=self.dtype)
+                             padding=kernel_padding(self.kernel_size), dtype=self.dtype,
+                             param_dtype=self.param_dtype)
     gates = (conv(2 * self.features, name="input_gates")(x)
              + conv(2 * self.features, use_bias=False, name="hidden_gates")(hidden))
     z, r = jnp.split(nn.sigmoid(gates), 2, axis=-1)
@@ -105,12 +109,14 @@ class LSTMCell(nn.Module):
   features: int
   kernel_size: int = 1  # Unused; keeps the cells interchangeable.
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, carry, x):
     cell, hidden = carry
-    gates = (nn.Dense(4 * self.features, dtype=self.dtype, name="ih")(x)
-             + nn.Dense(4 * self.features, dtype=self.dtype, name="hh")(hidden))
+    dense = functools.partial(nn.Dense, 4 * self.features, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    gates = dense(name="ih")(x) + dense(name="hh")(hidden)
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     cell = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)
     hidden = nn.sigmoid(o) * jnp.tanh(cell)
@@ -125,11 +131,14 @@ class GRUCell(nn.Module):
   features: int
   kernel_size: int = 1  # Unused; keeps the cells interchangeable.
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, hidden, x):
-    from_input = nn.Dense(3 * self.features, dtype=self.dtype, name="ih")(x)
-    from_hidden = nn.Dense(3 * self.features, dtype=self.dtype, name="hh")(hidden)
+    dense = functools.partial(nn.Dense, 3 * self.features, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    from_input = dense(name="ih")(x)
+    from_hidden = dense(name="hh")(hidden)
     ir, iz, in_ = jnp.split(from_input, 3, axis=-1)
     hr, hz, hn = jnp.split(from_hidden, 3, axis=-1)
     r = nn.sigmoid(ir + hr)
@@ -156,11 +165,13 @@ class MaskedStep(nn.Module):
   features: int
   kernel_size: int = 3
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, carry, inputs):
     x, valid = inputs
-    new_carry, _ = CELLS[self.cell](self.features, self.kernel_size, self.dtype, name="cell")(carry, x)
+    new_carry, _ = CELLS[self.cell](self.features, self.kernel_size, self.dtype, self.param_dtype,
+                                    name="cell")(carry, x)
 
     def keep(new, old):
       return jnp.where(valid.reshape(valid.shape + (1,) * (new.ndim - 1)), new, old)
@@ -185,6 +196,7 @@ class BidirectionalRecurrence(nn.Module):
   bidirectional: bool = True
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, xs, valid, train: bool = False):
@@ -197,7 +209,7 @@ class BidirectionalRecurrence(nn.Module):
       for direction in directions:
         scan = nn.scan(MaskedStep, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=1, out_axes=1, reverse=direction == "backward")
-        step = scan(self.cell, self.features, self.kernel_size, self.dtype,
+        step = scan(self.cell, self.features, self.kernel_size, self.dtype, self.param_dtype,
                     name=f"layer{layer}_{direction}")
         carry = CELLS[self.cell].initial_carry(xs.shape[:1] + xs.shape[2:], self.features,
                                                self.dtype)
@@ -221,12 +233,13 @@ class FrameEncoder(nn.Module):
   pool: bool
   train: bool
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, carry, frames):
     batch, steps = frames.shape[:2]
     net = ResNet(**RESNET_CONFIGS[self.backbone], num_classes=0, dtype=self.dtype,
-                 stages=(0, self.stages), name="backbone")
+                 param_dtype=self.param_dtype, stages=(0, self.stages), name="backbone")
     maps = net(frames.reshape((batch * steps,) + frames.shape[2:]), train=self.train,
                return_feature_map=True)
     if self.pool:
@@ -251,6 +264,7 @@ class ChunkedFrameEncoder(nn.Module):
   frames_per_chunk: int = 8
   remat: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, frames, train: bool = False):
@@ -259,14 +273,14 @@ class ChunkedFrameEncoder(nn.Module):
       # Creates the variables outside the scan (the carried BatchNorm statistics must
       # exist before it); the scanned module has the same name, hence the same paths.
       return FrameEncoder(self.backbone, self.stages, self.pool, train, self.dtype,
-                          name="frame_encoder")(None, frames)[1]
+                          self.param_dtype, name="frame_encoder")(None, frames)[1]
     size = chunk_size(num_frames, self.frames_per_chunk)
     if size == num_frames:
       # One chunk: no scan (the same variables and numbers; a scan body of convolutions
       # ran 6x slower than the plain call on XLA's CPU backend) and no remat (a single
       # chunk's activations are the peak either way).
       return FrameEncoder(self.backbone, self.stages, self.pool, train, self.dtype,
-                          name="frame_encoder")(None, frames)[1]
+                          self.param_dtype, name="frame_encoder")(None, frames)[1]
     chunks = frames.reshape((batch, num_frames // size, size) + frames.shape[2:])
     body = nn.remat(FrameEncoder, prevent_cse=False) if self.remat else FrameEncoder
     # Training updates the BatchNorm statistics chunk after chunk; evaluation only reads them.
@@ -274,7 +288,7 @@ class ChunkedFrameEncoder(nn.Module):
         variable_broadcast=["params", "batch_stats"])
     scan = nn.scan(body, **{"variable_broadcast": "params", **stats},
                    split_rngs={"params": False, "dropout": True}, in_axes=1, out_axes=1)
-    _, maps = scan(self.backbone, self.stages, self.pool, train, self.dtype,
+    _, maps = scan(self.backbone, self.stages, self.pool, train, self.dtype, self.param_dtype,
                    name="frame_encoder")(None, chunks)
     return maps.reshape((batch, num_frames) + maps.shape[3:])
 
@@ -300,6 +314,7 @@ class RecurrentVideoClassifier(nn.Module):
   frames_per_chunk: int = 8
   remat: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
@@ -316,16 +331,19 @@ class RecurrentVideoClassifier(nn.Module):
     convolutional = self.cell.startswith("conv")
     features = ChunkedFrameEncoder(self.backbone, self.backbone_stages, pool=not convolutional,
                                    frames_per_chunk=self.frames_per_chunk, remat=self.remat,
-                                   dtype=self.dtype, name="encoder")(x, train=train)
+                                   dtype=self.dtype, param_dtype=self.param_dtype,
+                                   name="encoder")(x, train=train)
     final = BidirectionalRecurrence(self.cell, self.hidden_size, self.kernel_size,
                                     self.num_layers, self.bidirectional, self.dropout_rate,
-                                    self.dtype, name="recurrence")(features, valid, train=train)
+                                    self.dtype, self.param_dtype,
+                                    name="recurrence")(features, valid, train=train)
     if convolutional:
       final = jnp.mean(final, axis=(1, 2))
     if self.num_classes == 0:
       return final
     final = nn.Dropout(self.dropout_rate, deterministic=not train)(final)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(final)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="fc")(final)
 
 
 def embedded_resnet(model: RecurrentVideoClassifier) -> dict:
@@ -341,7 +359,8 @@ _PAPER = dict(input_kind="video", min_image_size=32, embeds=embedded_resnet,
 def recurrent_classifier(cell: str, default_hidden_size: int, num_classes: int,
                          kwargs: dict) -> RecurrentVideoClassifier:
   """The paper's model with `cell`; kwargs: backbone, backbone_stages, hidden_size,
-  kernel_size, num_layers, bidirectional, dropout_rate, frames_per_chunk, remat, dtype."""
+  kernel_size, num_layers, bidirectional, dropout_rate, frames_per_chunk, remat, dtype,
+  param_dtype."""
   kwargs = {"hidden_size": default_hidden_size, **kwargs}
   return RecurrentVideoClassifier(cell=cell, num_classes=num_classes, **kwargs)
 

@@ -119,6 +119,7 @@ class ResNet(nn.Module):
   width_per_group: int = 64
   num_classes: int = 2
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   zero_init_residual: bool = False
   block_input_transform: Optional[Callable[[Array], Array]] = None
   include_stem: bool = True
@@ -140,9 +141,10 @@ class ResNet(nn.Module):
     # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convs,
     # nn.Linear's default for fc.
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=self.param_dtype,
                              kernel_init=torch_compat.kaiming_normal_fan_out)
     norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,
-                             dtype=self.dtype)
+                             dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.asarray(x, self.dtype)
     if self.include_stem:
       x = conv(64, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
@@ -163,7 +165,8 @@ class ResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_compat.linear_kernel_init,
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=torch_compat.linear_kernel_init,
                     bias_init=torch_compat.linear_bias_init(x.shape[-1]), name="fc")(x)
 
 
@@ -195,7 +198,7 @@ def _torchvision(name: str):
               reference=f"torchvision.models.{name}", min_image_size=32)
 
 
-# One function per model, as torchvision; kwargs: dtype, zero_init_residual,
+# One function per model, as torchvision; kwargs: dtype, param_dtype, zero_init_residual,
 # block_input_transform, include_stem, stages, in_channels.
 @register(**_torchvision("resnet18"))
 def resnet18(num_classes: int = 2, **kwargs) -> ResNet:

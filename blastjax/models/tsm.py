@@ -111,6 +111,7 @@ class TSMResNet(nn.Module):
   shift: str = "bidirectional"  # or 'online' (one-way, causal)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
@@ -120,6 +121,7 @@ class TSMResNet(nn.Module):
     x, mask = masking.compact(x, mask)
     valid = None if mask is None else ~mask
     base = ResNet(**backbone_config(self.backbone), num_classes=0, dtype=self.dtype,
+                  param_dtype=self.param_dtype,
                   block_input_transform=make_shift(self.shift, frames, self.fold_div, valid),
                   name="base_model")
     features = base(x.reshape((batch * frames,) + x.shape[2:]), train=train)
@@ -127,7 +129,8 @@ class TSMResNet(nn.Module):
     if self.num_classes == 0:
       return masking.masked_mean(features, mask)
     features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="new_fc",
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="new_fc",
                       kernel_init=nn.initializers.normal(0.001),
                       bias_init=nn.initializers.zeros)(features)
     return masking.masked_mean(logits, mask)
@@ -161,7 +164,8 @@ def _tsm(backbone: str):
                         "is_shift=True, shift_place='blockres')")
 
 
-# kwargs: backbone, fold_div, shift ('bidirectional'|'online'), dropout_rate, dtype.
+# kwargs: backbone, fold_div, shift ('bidirectional'|'online'), dropout_rate, dtype,
+# param_dtype.
 @register(**_tsm("resnet18"))
 def tsm_resnet18(num_classes: int = 2, **kwargs) -> TSMResNet:
   """TSM (resnet18, residual shift in every block, average consensus)."""

@@ -43,6 +43,7 @@ class ChannelAttention(nn.Module):
   """YOWO's `CAM_Module`: Gram-matrix channel attention with a zero-initialised gain."""
 
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
@@ -52,7 +53,7 @@ class ChannelAttention(nn.Module):
     energy = jnp.max(energy, axis=-1, keepdims=True) - energy
     attention = jax.nn.softmax(energy.astype(jnp.float32), axis=-1).astype(x.dtype)
     out = jnp.einsum("bcd,bnd->bnc", attention, flat).reshape(x.shape)
-    gamma = self.param("gamma", nn.initializers.zeros, (1,), jnp.float32)
+    gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
     return gamma.astype(x.dtype) * out + x
 
 
@@ -63,23 +64,26 @@ class CFAM(nn.Module):
   out_channels: int = 1024
   dropout_rate: float = 0.1
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   def _conv_bn_relu(self, x, kernel: int, train: bool, name: str):
     x = nn.Conv(self.inter_channels, (kernel, kernel), padding=torch_compat.kernel_padding(kernel),
-                use_bias=False, dtype=self.dtype, name=f"{name}_0")(x)
+                use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                name=f"{name}_0")(x)
     x = torch_compat.batch_norm(use_running_average=not train, dtype=self.dtype,
-                                name=f"{name}_1")(x)
+                                param_dtype=self.param_dtype, name=f"{name}_1")(x)
     return nn.relu(x)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = self._conv_bn_relu(x, 1, train, "conv_bn_relu1")
     x = self._conv_bn_relu(x, 3, train, "conv_bn_relu2")
-    x = ChannelAttention(dtype=self.dtype, name="sc")(x)
+    x = ChannelAttention(dtype=self.dtype, param_dtype=self.param_dtype, name="sc")(x)
     x = self._conv_bn_relu(x, 3, train, "conv_bn_relu3")
     # Dropout2d drops whole channels: one draw per (example, channel).
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-    return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="conv_out_1")(x)
+    return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="conv_out_1")(x)
 
 
 def _resize(feature_map, size):
@@ -109,6 +113,7 @@ class TwoBranchCFAM(nn.Module):
   out_channels: int = 1024
   dropout_rate: float = 0.1
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   def _backbone(self, name: str, kind: str, kwargs: Optional[dict], module_name: str):
     spec = registry.get_spec(name)
@@ -116,7 +121,8 @@ class TwoBranchCFAM(nn.Module):
       raise ValueError(f"two-branch {module_name}={name!r} takes {spec.input_kind!r} input; "
                        f"choose a registered {kind!r} model ({', '.join(registry.list_models(kind))})")
     # Builders take the model name as their first argument, so the module is named by clone.
-    module = registry.create(name, num_classes=0, **{"dtype": self.dtype, **(kwargs or {})})
+    dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+    module = registry.create(name, num_classes=0, **{**dtypes, **(kwargs or {})})
     return module.clone(parent=self, name=module_name)
 
   @nn.compact
@@ -131,11 +137,12 @@ class TwoBranchCFAM(nn.Module):
     map_2d, map_3d = (_resize(m, size) for m in (map_2d, map_3d))
     fused = jnp.concatenate([map_3d, map_2d.astype(map_3d.dtype)], axis=-1)
     fused = CFAM(self.inter_channels, self.out_channels, self.dropout_rate, dtype=self.dtype,
-                 name="cfam")(fused, train)
+                 param_dtype=self.param_dtype, name="cfam")(fused, train)
     pooled = jnp.mean(fused, axis=(1, 2))
     if self.num_classes == 0:
       return pooled
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="fc")(pooled)
 
 
 def embedded_backbones(model: TwoBranchCFAM) -> dict:

@@ -35,6 +35,7 @@ frames to the front and looping them over the remaining slots (`masking.compact`
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -77,13 +78,15 @@ class Conv3d(nn.Module):
   use_bias: bool = False
   dtype: Any = jnp.float32
   kernel_init: Callable = conv_init
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kt, kh, kw = self.kernel_size
     kernel = self.param("kernel", self.kernel_init,
-                        (kt, kh, kw, x.shape[-1] // self.groups, self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+                        (kt, kh, kw, x.shape[-1] // self.groups, self.features), self.param_dtype)
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     (st, sh, sw), (pt, ph, pw) = self.strides, self.pads
     b, t, h, w, c = x.shape
@@ -121,15 +124,16 @@ class Conv3d(nn.Module):
 
 def conv3d(features: int, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
            name: str, dtype: Any, groups: int = 1, use_bias: bool = False,
-           kernel_init: Callable = conv_init) -> Conv3d:
+           kernel_init: Callable = conv_init, param_dtype: Any = jnp.float32) -> Conv3d:
   """A torch-like Conv3d (symmetric padding) on channels-last clips."""
   return Conv3d(features, tuple(kernel), tuple(strides), tuple(pads), groups=groups, use_bias=use_bias,
-                dtype=dtype, kernel_init=kernel_init, name=name)
+                dtype=dtype, kernel_init=kernel_init, param_dtype=param_dtype, name=name)
 
 
-def batch_norm(name: str, train: bool, dtype: Any) -> nn.BatchNorm:
+def batch_norm(name: str, train: bool, dtype: Any, param_dtype: Any = jnp.float32) -> nn.BatchNorm:
   """torch's BatchNorm3d with its defaults (`torch_compat.batch_norm`), named `name`."""
-  return torch_compat.batch_norm(use_running_average=not train, dtype=dtype, name=name)
+  return torch_compat.batch_norm(use_running_average=not train, dtype=dtype,
+                                 param_dtype=param_dtype, name=name)
 
 
 def downsample_stride(conv_type: str, stride: int) -> Tuple[int, int, int]:
@@ -143,19 +147,20 @@ def midplanes(inplanes: int, planes: int) -> int:
 
 
 def spatiotemporal_conv(x: Array, conv_type: str, planes: int, mid: int, stride: int, name: str,
-                        train: bool, dtype: Any) -> Array:
+                        train: bool, dtype: Any, param_dtype: Any = jnp.float32) -> Array:
   """torchvision's conv builders (Conv3DSimple, Conv3DNoTemporal, Conv2Plus1D) as `name`.
 
   Must be called inside a compact method: the layers belong to the calling module.
   """
+  conv = functools.partial(conv3d, dtype=dtype, param_dtype=param_dtype)
   if conv_type == "3d":
-    return conv3d(planes, (3, 3, 3), (stride,) * 3, (1, 1, 1), name, dtype)(x)
+    return conv(planes, (3, 3, 3), (stride,) * 3, (1, 1, 1), name)(x)
   if conv_type == "no_temporal":
-    return conv3d(planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), name, dtype)(x)
+    return conv(planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), name)(x)
   if conv_type == "2plus1d":
-    x = conv3d(mid, (1, 3, 3), (1, stride, stride), (0, 1, 1), f"{name}_0", dtype)(x)
-    x = nn.relu(batch_norm(f"{name}_1", train, dtype)(x))
-    return conv3d(planes, (3, 1, 1), (stride, 1, 1), (1, 0, 0), f"{name}_3", dtype)(x)
+    x = conv(mid, (1, 3, 3), (1, stride, stride), (0, 1, 1), f"{name}_0")(x)
+    x = nn.relu(batch_norm(f"{name}_1", train, dtype, param_dtype)(x))
+    return conv(planes, (3, 1, 1), (stride, 1, 1), (1, 0, 0), f"{name}_3")(x)
   raise ValueError(f"conv_type={conv_type!r}; expected one of {CONV_TYPES}")
 
 
@@ -163,24 +168,28 @@ class BasicStem(nn.Module):
   """Conv (3, 7, 7) stride (1, 2, 2) -> BatchNorm -> ReLU (r3d_18, mc3_18)."""
 
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = conv3d(64, (3, 7, 7), (1, 2, 2), (1, 3, 3), "0", self.dtype)(x)
-    return nn.relu(batch_norm("1", train, self.dtype)(x))
+    conv = functools.partial(conv3d, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = conv(64, (3, 7, 7), (1, 2, 2), (1, 3, 3), "0")(x)
+    return nn.relu(batch_norm("1", train, self.dtype, self.param_dtype)(x))
 
 
 class R2Plus1dStem(nn.Module):
   """Conv (1, 7, 7) to 45 channels, BN, ReLU, conv (3, 1, 1) to 64, BN, ReLU."""
 
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = conv3d(45, (1, 7, 7), (1, 2, 2), (0, 3, 3), "0", self.dtype)(x)
-    x = nn.relu(batch_norm("1", train, self.dtype)(x))
-    x = conv3d(64, (3, 1, 1), (1, 1, 1), (1, 0, 0), "3", self.dtype)(x)
-    return nn.relu(batch_norm("4", train, self.dtype)(x))
+    conv = functools.partial(conv3d, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = conv(45, (1, 7, 7), (1, 2, 2), (0, 3, 3), "0")(x)
+    x = nn.relu(batch_norm("1", train, self.dtype, self.param_dtype)(x))
+    x = conv(64, (3, 1, 1), (1, 1, 1), (1, 0, 0), "3")(x)
+    return nn.relu(batch_norm("4", train, self.dtype, self.param_dtype)(x))
 
 
 STEMS = {"basic": BasicStem, "r2plus1d": R2Plus1dStem}
@@ -197,20 +206,22 @@ class BasicBlock(nn.Module):
   conv_type: str = "3d"
   stride: int = 1
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     inplanes = x.shape[-1]
     mid = midplanes(inplanes, self.planes)
+    dtypes = (self.dtype, self.param_dtype)
     y = spatiotemporal_conv(x, self.conv_type, self.planes, mid, self.stride, "conv1_0", train,
-                            self.dtype)
-    y = nn.relu(batch_norm("conv1_1", train, self.dtype)(y))
-    y = spatiotemporal_conv(y, self.conv_type, self.planes, mid, 1, "conv2_0", train, self.dtype)
-    y = batch_norm("conv2_1", train, self.dtype)(y)
+                            *dtypes)
+    y = nn.relu(batch_norm("conv1_1", train, *dtypes)(y))
+    y = spatiotemporal_conv(y, self.conv_type, self.planes, mid, 1, "conv2_0", train, *dtypes)
+    y = batch_norm("conv2_1", train, *dtypes)(y)
     if self.stride != 1 or inplanes != self.planes:
       x = conv3d(self.planes, (1, 1, 1), downsample_stride(self.conv_type, self.stride), (0, 0, 0),
-                 "downsample_0", self.dtype)(x)
-      x = batch_norm("downsample_1", train, self.dtype)(x)
+                 "downsample_0", self.dtype, param_dtype=self.param_dtype)(x)
+      x = batch_norm("downsample_1", train, *dtypes)(x)
     return nn.relu(y + x)
 
 
@@ -222,12 +233,13 @@ class VideoResStage(nn.Module):
   conv_type: str = "3d"
   stride: int = 1
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i in range(self.num_blocks):
       x = BasicBlock(self.planes, self.conv_type, self.stride if i == 0 else 1, dtype=self.dtype,
-                     name=str(i))(x, train)
+                     param_dtype=self.param_dtype, name=str(i))(x, train)
     return x
 
 
@@ -242,6 +254,7 @@ class VideoResNet(nn.Module):
   stages: Tuple[int, int] = (0, 4)
   in_channels: Optional[int] = None
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None,
@@ -253,17 +266,19 @@ class VideoResNet(nn.Module):
     if self.include_stem:
       if self.stem not in STEMS:
         raise ValueError(f"stem={self.stem!r}; expected one of {sorted(STEMS)}")
-      x = STEMS[self.stem](dtype=self.dtype, name="stem")(x, train)
+      x = STEMS[self.stem](dtype=self.dtype, param_dtype=self.param_dtype, name="stem")(x, train)
     start, stop = self.stages
     for i in range(start, stop):
       x = VideoResStage(STAGE_PLANES[i], self.layers[i], self.conv_types[i], 1 if i == 0 else 2,
-                        dtype=self.dtype, name=f"layer{i + 1}")(x, train)
+                        dtype=self.dtype, param_dtype=self.param_dtype,
+                        name=f"layer{i + 1}")(x, train)
     if return_feature_map or stop < 4:
       return x
     x = jnp.mean(x, axis=(1, 2, 3))
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=fc_init, name="fc")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=fc_init, name="fc")(x)
 
 
 VIDEO_RESNET_CONFIGS = {

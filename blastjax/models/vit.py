@@ -97,19 +97,21 @@ class MultiheadSelfAttention(nn.Module):
   num_heads: int
   attention_dropout: float = 0.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     batch, length, dim = x.shape
     head_dim = dim // self.num_heads
-    qkv = nn.Dense(3 * dim, dtype=self.dtype, name="in_proj")(x)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = dense(3 * dim, name="in_proj")(x)
     q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.num_heads, head_dim), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q / math.sqrt(head_dim), k)
     attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     attention = nn.Dropout(self.attention_dropout, deterministic=not train)(attention)
     out = jnp.einsum("bhqk,bkhd->bqhd", attention, v).reshape(batch, length, dim)
-    return nn.Dense(dim, dtype=self.dtype, name="out_proj")(out)
+    return dense(dim, name="out_proj")(out)
 
 
 class EncoderBlock(nn.Module):
@@ -120,14 +122,16 @@ class EncoderBlock(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = functools.partial(layer_norm, dtype=self.dtype)
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
+    norm = functools.partial(layer_norm, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.xavier_uniform(),
                               bias_init=nn.initializers.normal(1e-6))
     y = MultiheadSelfAttention(self.num_heads, self.attention_dropout, dtype=self.dtype,
+                               param_dtype=self.param_dtype,
                                name="self_attention")(norm(name="ln_1")(x), train)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = dense(self.mlp_dim, name="mlp_0")(norm(name="ln_2")(x))
@@ -146,17 +150,19 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, grid_hw: tuple[int, int], train: bool = False):
     pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.02),
-                               (1, self.seq_length, x.shape[-1]), jnp.float32)
+                               (1, self.seq_length, x.shape[-1]), self.param_dtype)
     x = x + resize_pos_embedding(pos_embedding, grid_hw, xp=jnp).astype(self.dtype)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(self.num_layers):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout,
-                       dtype=self.dtype, name=f"encoder_layer_{i}")(x, train)
-    return layer_norm(dtype=self.dtype, name="ln")(x)
+                       dtype=self.dtype, param_dtype=self.param_dtype,
+                       name=f"encoder_layer_{i}")(x, train)
+    return layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln")(x)
 
 
 class VisionTransformer(nn.Module):
@@ -171,6 +177,7 @@ class VisionTransformer(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   in_channels: Optional[int] = None  # Checked against the input when given.
 
   @nn.compact
@@ -184,24 +191,25 @@ class VisionTransformer(nn.Module):
     x = jnp.asarray(x, self.dtype)
     fan_in = PATCH_SIZE * PATCH_SIZE * x.shape[-1]
     x = nn.Conv(self.hidden_dim, (PATCH_SIZE, PATCH_SIZE), strides=(PATCH_SIZE, PATCH_SIZE),
-                padding="VALID", dtype=self.dtype,
+                padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.initializers.truncated_normal(math.sqrt(1 / fan_in)),
                 name="conv_proj")(x)
     batch, grid_h, grid_w, _ = x.shape
     x = x.reshape(batch, grid_h * grid_w, self.hidden_dim)
     class_token = self.param("class_token", nn.initializers.zeros, (1, 1, self.hidden_dim),
-                             jnp.float32)
+                             self.param_dtype)
     x = jnp.concatenate([jnp.broadcast_to(class_token.astype(self.dtype),
                                           (batch, 1, self.hidden_dim)), x], axis=1)
     seq_length = (self.image_size // PATCH_SIZE) ** 2 + 1
     x = Encoder(seq_length, self.num_layers, self.num_heads, self.mlp_dim, self.dropout,
-                self.attention_dropout, dtype=self.dtype, name="encoder")(
+                self.attention_dropout, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="encoder")(
                     x, (grid_h, grid_w), train)
     x = x[:, 0]
     if self.num_classes == 0:
       return x
-    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                    name="heads_head")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=nn.initializers.zeros, name="heads_head")(x)
 
 
 def vit_key_map(collection: str, path: tuple) -> str:
@@ -245,7 +253,7 @@ def _vit(num_classes: int, image_size: int, **kwargs) -> VisionTransformer:
 @register(input_kind="image", torch_key_map=vit_key_map, torch_transforms=pos_embedding_transform,
           reference="torchvision.models.vit_b_16", min_image_size=16)
 def vit_b_16(num_classes: int = 2, image_size: int = 224, **kwargs) -> VisionTransformer:
-  """ViT-B/16 (torchvision); `image_size`, `dropout`, `attention_dropout`, `dtype`."""
+  """ViT-B/16 (torchvision); `image_size`, `dropout`, `attention_dropout`, `dtype`, `param_dtype`."""
   return _vit(num_classes, image_size, num_layers=12, num_heads=12, hidden_dim=768,
               mlp_dim=3072, **kwargs)
 
@@ -253,6 +261,6 @@ def vit_b_16(num_classes: int = 2, image_size: int = 224, **kwargs) -> VisionTra
 @register(input_kind="image", torch_key_map=vit_key_map, torch_transforms=pos_embedding_transform,
           reference="torchvision.models.vit_l_16", min_image_size=16)
 def vit_l_16(num_classes: int = 2, image_size: int = 224, **kwargs) -> VisionTransformer:
-  """ViT-L/16 (torchvision); `image_size`, `dropout`, `attention_dropout`, `dtype`."""
+  """ViT-L/16 (torchvision); `image_size`, `dropout`, `attention_dropout`, `dtype`, `param_dtype`."""
   return _vit(num_classes, image_size, num_layers=24, num_heads=16, hidden_dim=1024,
               mlp_dim=4096, **kwargs)
