@@ -209,9 +209,9 @@ def benchmark(c: ml_collections.ConfigDict, arg=None, **finish_kwargs) -> ml_col
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-def config_names() -> list:
-  """The names of the built-in config files (`r2p1d.py`, ...)."""
-  return sorted(n for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and not n.startswith("_"))
+def config_names(folder: str = CONFIGS_DIR) -> list:
+  """The names of the config files in `folder` (`r2p1d.py`, ...; by default the built-in ones)."""
+  return sorted(n for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
 
 
 def config_file(name: str) -> str:

@@ -110,9 +110,7 @@ def config_flag(argv):
 def missing_config(value: str, path: str) -> str:
   """The error line for a --config file that does not exist, with the files beside it."""
   folder = os.path.dirname(path) or "."
-  names = []
-  if os.path.isdir(folder):
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
+  names = config_presets.config_names(folder) if os.path.isdir(folder) else []
   where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
   choices = (f"; config files in {folder}: {', '.join(names)}" if names
              else "; give the path of a config file or a built-in name (e.g. r2p1d.py:smoke): "
