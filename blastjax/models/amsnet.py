@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import masking, torch_compat
+from blastjax.models import cpu_conv, masking, torch_compat
 from blastjax.models.registry import register
 from blastjax.models.resnet import ResNet
 from blastjax.models.tsm import backbone_config, make_shift
@@ -82,7 +82,7 @@ class GaussianNonLocal2D(nn.Module):
   def __call__(self, x):
     batch, height, width, channels = x.shape
     inter = max(channels // 2, 1)
-    conv = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
+    conv = functools.partial(cpu_conv.Conv, kernel_size=(1, 1), dtype=self.dtype,
                              param_dtype=self.param_dtype)
     g = conv(inter, name="g")(x)
     keys = x
@@ -117,7 +117,7 @@ class MultiFocusSelection(nn.Module):
     if self.channel_attention:
       u = ChannelAttention(self.reduction, self.dtype, self.param_dtype,
                            name="channel_attention")(u)
-    f = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+    f = cpu_conv.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                 name="reduce_conv")(u)
     f = nn.relu(self.norm(name="reduce_bn")(f))
     if self.spatial_attention:

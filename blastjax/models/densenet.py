@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from blastjax.models import torch_compat
+from blastjax.models import cpu_conv, torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
@@ -97,7 +97,7 @@ class DenseNet(nn.Module):
   def __call__(self, x, train: bool = False, mask=None, return_feature_map: bool = False):
     del mask  # Single-image model.
     check_in_channels("DenseNet", self.in_channels, x)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(cpu_conv.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=conv_init)
     norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,
                              dtype=self.dtype, param_dtype=self.param_dtype)

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from blastjax.models import torch_compat
+from blastjax.models import cpu_conv, torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
@@ -50,7 +50,7 @@ class BasicConv2d(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(self.features, _pair(self.kernel_size), strides=(self.stride, self.stride),
+    x = cpu_conv.Conv(self.features, _pair(self.kernel_size), strides=(self.stride, self.stride),
                 padding=torch_compat.symmetric_padding(*_pair(self.padding)), use_bias=False,
                 dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
     x = batch_norm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype,

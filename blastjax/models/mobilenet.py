@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import torch_compat
+from blastjax.models import cpu_conv, torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
@@ -81,7 +81,7 @@ class ConvNormActivation(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
+    x = cpu_conv.Conv(self.features, (self.kernel_size, self.kernel_size),
                 strides=(self.stride, self.stride),
                 padding=torch_compat.kernel_padding(self.kernel_size),
                 feature_group_count=self.groups, use_bias=False, dtype=self.dtype,
@@ -101,7 +101,7 @@ class SqueezeExcitation(nn.Module):
   @nn.compact
   def __call__(self, x):
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-    conv = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
+    conv = functools.partial(cpu_conv.Conv, kernel_size=(1, 1), dtype=self.dtype,
                              param_dtype=self.param_dtype)
     scale = nn.relu(conv(self.squeeze_channels, name="fc1")(scale))
     scale = conv(x.shape[-1], name="fc2")(scale)

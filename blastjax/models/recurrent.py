@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import masking
+from blastjax.models import cpu_conv, masking
 from blastjax.models.registry import register
 from blastjax.models.resnet import RESNET_CONFIGS, ResNet
 from blastjax.models.torch_compat import kernel_padding
@@ -56,7 +56,7 @@ class ConvLSTMCell(nn.Module):
   @nn.compact
   def __call__(self, carry, x):
     cell, hidden = carry
-    conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size,) * 2,
+    conv = functools.partial(cpu_conv.Conv, kernel_size=(self.kernel_size,) * 2,
                              padding=kernel_padding(self.kernel_size), dtype=self.dtype,
                              param_dtype=self.param_dtype)
     gates = (conv(4 * self.features, name="input_conv")(x)  # W_x{i,f,c,o} * X_t + b
@@ -87,7 +87,7 @@ class ConvGRUCell(nn.Module):
 
   @nn.compact
   def __call__(self, hidden, x):
-    conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size,) * 2,
+    conv = functools.partial(cpu_conv.Conv, kernel_size=(self.kernel_size,) * 2,
                              padding=kernel_padding(self.kernel_size), dtype=self.dtype,
                              param_dtype=self.param_dtype)
     gates = (conv(2 * self.features, name="input_gates")(x)

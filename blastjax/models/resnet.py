@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import torch_compat
+from blastjax.models import cpu_conv, torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 from blastjax.models.torch_compat import kernel_padding as _pad
@@ -54,7 +54,7 @@ class BasicBlock(nn.Module):
 
   planes: int
   stride: int = 1
-  conv: Callable = nn.Conv
+  conv: Callable = cpu_conv.Conv
   norm: Callable = nn.BatchNorm
   zero_init_residual: bool = False
   block_input_transform: Optional[Callable[[Array], Array]] = None
@@ -78,7 +78,7 @@ class Bottleneck(nn.Module):
   stride: int = 1
   groups: int = 1
   base_width: int = 64
-  conv: Callable = nn.Conv
+  conv: Callable = cpu_conv.Conv
   norm: Callable = nn.BatchNorm
   zero_init_residual: bool = False
   block_input_transform: Optional[Callable[[Array], Array]] = None
@@ -140,7 +140,7 @@ class ResNet(nn.Module):
       check_in_channels("ResNet", self.in_channels, x)
     # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convs,
     # nn.Linear's default for fc.
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(cpu_conv.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=torch_compat.kaiming_normal_fan_out)
     norm = functools.partial(torch_compat.batch_norm, use_running_average=not train,

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import masking, registry, torch_compat
+from blastjax.models import cpu_conv, masking, registry, torch_compat
 from blastjax.models.registry import register
 
 
@@ -67,7 +67,7 @@ class CFAM(nn.Module):
   param_dtype: Any = jnp.float32
 
   def _conv_bn_relu(self, x, kernel: int, train: bool, name: str):
-    x = nn.Conv(self.inter_channels, (kernel, kernel), padding=torch_compat.kernel_padding(kernel),
+    x = cpu_conv.Conv(self.inter_channels, (kernel, kernel), padding=torch_compat.kernel_padding(kernel),
                 use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                 name=f"{name}_0")(x)
     x = torch_compat.batch_norm(use_running_average=not train, dtype=self.dtype,
@@ -82,7 +82,7 @@ class CFAM(nn.Module):
     x = self._conv_bn_relu(x, 3, train, "conv_bn_relu3")
     # Dropout2d drops whole channels: one draw per (example, channel).
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-    return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+    return cpu_conv.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
                    name="conv_out_1")(x)
 
 

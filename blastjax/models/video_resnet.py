@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blastjax.models import masking, torch_compat
+from blastjax.models import cpu_conv, masking, torch_compat
 from blastjax.models.torch_compat import symmetric_padding
 from blastjax.models.registry import register
 
@@ -64,8 +64,9 @@ class Conv3d(nn.Module):
   so weights and key maps do not depend on how it computes. A (kt, 1, 1) kernel with no
   spatial stride runs as one 2D convolution over (T, H*W); any other ungrouped kernel as
   kt 2D convolutions over the B*T' output frames (one per temporal tap, on the frames that
-  tap reads), summed; a grouped one as one 3D convolution. The same sums, computed the way
-  XLA's CPU backend runs fastest (scripts/benchmark_conv3d.py prints the comparison: a
+  tap reads), summed; a grouped one as one 3D convolution. The 2D convolutions go through
+  `cpu_conv` (small ones a single matrix product on the CPU). The same sums, computed the
+  way XLA's CPU backend runs fastest (scripts/benchmark_conv3d.py prints the comparison: a
   strided 3x7x7 stem ~85x faster forward + backward, a strided 3x3x3 ~18x, an unstrided
   3x3x3 the same, grouped 2D convolutions ~8x slower than one grouped 3D).
   """
@@ -118,8 +119,8 @@ class Conv3d(nn.Module):
     return y.reshape((b, t_out) + y.shape[1:])
 
   def _conv2d(self, x, kernel, strides, padding):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=self.groups)
+    return cpu_conv.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         feature_group_count=self.groups)
 
 
 def conv3d(features: int, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],

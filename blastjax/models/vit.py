@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blastjax.models import torch_compat
+from blastjax.models import cpu_conv, torch_compat
 from blastjax.models.checks import check_in_channels
 from blastjax.models.registry import register
 
@@ -190,7 +190,7 @@ class VisionTransformer(nn.Module):
                        f"{PATCH_SIZE}; resize or crop the images (image_size={self.image_size}).")
     x = jnp.asarray(x, self.dtype)
     fan_in = PATCH_SIZE * PATCH_SIZE * x.shape[-1]
-    x = nn.Conv(self.hidden_dim, (PATCH_SIZE, PATCH_SIZE), strides=(PATCH_SIZE, PATCH_SIZE),
+    x = cpu_conv.Conv(self.hidden_dim, (PATCH_SIZE, PATCH_SIZE), strides=(PATCH_SIZE, PATCH_SIZE),
                 padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.initializers.truncated_normal(math.sqrt(1 / fan_in)),
                 name="conv_proj")(x)
